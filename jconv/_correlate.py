@@ -1,0 +1,115 @@
+"""The one correlation from which the forward pass and every rule are built.
+
+The seed writes each quantity of a convolution layer as a sum of products of a
+sliding window: ``Z = conv(X, K)``, ``dL/dK = conv(X, dL/dZ)`` and
+``dL/dX = conv(padded(dL/dZ), rot180(K))``. Each of those is a *correlation*
+in the sense of :class:`Correlation`. The rules in ``_rules.py`` only decide
+*which* correlation to compute (which operand is which, strides, dilations,
+padding, groups); :func:`correlate` decides *how* it is computed. Keeping that
+split means a faster lowering for some shape or platform is a change here alone,
+and can never change what the rules mean.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+from jax import lax
+
+from ._spec import Pads, Shape
+
+# Half-precision operands are multiplied in their own dtype but accumulated in
+# float32, then rounded once to the operand dtype.
+HALF_DTYPES = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
+
+
+def accumulation_dtype(dtype) -> jnp.dtype | None:
+    """float32 for float16/bfloat16 operands, else ``None`` (the operand dtype)."""
+    return jnp.dtype(jnp.float32) if jnp.dtype(dtype) in HALF_DTYPES else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Correlation:
+    """A grouped N-D correlation, described by axis roles rather than a layout.
+
+    With one spatial dim, ``lhs~`` the lhs with ``lhs_dilation - 1`` zeros inserted
+    between neighbours and then zero-padded by ``padding``, and ``G`` the feature
+    group count, the output is::
+
+        out[b, f, i] = sum_{c, k} lhs~[b, g(f) * C + c, i * window_stride
+                                      + k * rhs_dilation] * rhs[f, c, k]
+
+    where ``C`` is the rhs in-feature size and ``g(f)`` the group of output
+    feature ``f`` (contiguous blocks). ``batch_group_count = G'`` instead splits
+    the lhs *batch* into ``G'`` contiguous blocks, output feature block ``g``
+    seeing only lhs batch block ``g``; the kernel gradient of a grouped
+    convolution uses it. Axes are given as ``(batch, feature, *spatial)`` for lhs
+    and output and ``(out_feature, in_feature, *spatial)`` for rhs, so any layout
+    of any operand is expressed without moving data.
+    """
+
+    lhs_axes: Shape
+    rhs_axes: Shape
+    out_axes: Shape
+    window_strides: Shape
+    padding: Pads
+    lhs_dilation: Shape
+    rhs_dilation: Shape
+    feature_group_count: int = 1
+    batch_group_count: int = 1
+
+
+def correlate(lhs, rhs, corr: Correlation, precision=None):
+    """Computes the correlation ``corr`` of ``lhs`` with ``rhs``.
+
+    The result has the dtype of ``lhs`` (both operands share a dtype).
+    """
+    lhs, corr = _crop_negative_padding(lhs, corr)
+    out = lax.conv_general_dilated(
+        lhs,
+        rhs,
+        window_strides=corr.window_strides,
+        padding=corr.padding,
+        lhs_dilation=corr.lhs_dilation,
+        rhs_dilation=corr.rhs_dilation,
+        dimension_numbers=lax.ConvDimensionNumbers(
+            corr.lhs_axes, corr.rhs_axes, corr.out_axes
+        ),
+        feature_group_count=corr.feature_group_count,
+        batch_group_count=corr.batch_group_count,
+        precision=precision,
+        preferred_element_type=accumulation_dtype(lhs.dtype),
+    )
+    return out.astype(lhs.dtype)
+
+
+def _crop_negative_padding(lhs, corr: Correlation):
+    """Rewrites negative (cropping) padding as a slice of ``lhs`` plus padding >= 0.
+
+    The rules produce negative padding whenever the forward padded by more than
+    the dilated kernel's extent (input gradient) or its stride skipped trailing
+    entries (kernel gradient). XLA:CPU computes some such convolutions wrongly
+    (negative low with positive high padding reads out of bounds; openxla/xla
+    issue 48713, which also breaks ``jax.grad`` of ``lax.conv_general_dilated``),
+    so no negative padding ever reaches XLA from here.
+
+    Cropping ``c > 0`` entries from an end of the lhs dilated by ``l`` (entries at
+    ``0, l, 2l, ...``) removes ``q = ceil(c / l)`` original entries and leaves
+    ``q l - c`` zeros of the dilation gap in their place, which become padding.
+    """
+    if all(lo >= 0 and hi >= 0 for lo, hi in corr.padding):
+        return lhs, corr
+    spatial = corr.lhs_axes[2:]
+    starts, limits = [0] * lhs.ndim, list(lhs.shape)
+    padding = []
+    for axis, (lo, hi), dil in zip(spatial, corr.padding, corr.lhs_dilation, strict=True):
+        if lo < 0:
+            q = -(lo // dil)  # ceil(-lo / dil)
+            starts[axis], lo = q, q * dil + lo
+        if hi < 0:
+            q = -(hi // dil)
+            limits[axis], hi = lhs.shape[axis] - q, q * dil + hi
+        padding.append((lo, hi))
+    lhs = lax.slice(lhs, starts, limits)
+    return lhs, dataclasses.replace(corr, padding=tuple(padding))

@@ -1,0 +1,67 @@
+"""The same layers written with plain ``lax``/``jnp`` and differentiated by JAX.
+
+These are the baseline jconv is checked against and measured against: each
+function takes exactly the arguments of its jconv counterpart, computes the
+forward pass with ``lax.conv_general_dilated`` (string paddings are passed to lax
+untouched, so lax's own SAME arithmetic is the one checked), and has no custom
+rule, so ``jax.grad`` of it is XLA's autodiff.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from ._spec import data_axes, kernel_axes, make_spec
+
+__all__ = ["conv_forward"]
+
+
+def conv_forward(
+    params: Mapping[str, Any],
+    x,
+    *,
+    stride=1,
+    padding="VALID",
+    dilation=1,
+    groups=1,
+    layout="channels_last",
+    precision=None,
+) -> jax.Array:
+    """``lax.conv_general_dilated(x, kernel) + bias``, differentiated by JAX.
+
+    Arguments and shapes are those of :func:`jconv.conv_forward`.
+    """
+    kernel = jnp.asarray(params["kernel"])
+    spec = make_spec(
+        kernel.ndim - 2,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        layout=layout,
+        precision=precision,
+        where="autodiff.conv_forward",
+    )
+    xb, xc, xs = data_axes(spec.layout, spec.ndim)
+    ko, ki, ks = kernel_axes(spec.layout, spec.ndim)
+    z = lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=spec.stride,
+        padding=spec.padding,
+        rhs_dilation=spec.dilation,
+        dimension_numbers=lax.ConvDimensionNumbers((xb, xc, *xs), (ko, ki, *ks), (xb, xc, *xs)),
+        feature_group_count=spec.groups,
+        precision=spec.precision,
+    )
+    bias = params.get("bias")
+    if bias is not None:
+        shape = [1] * z.ndim
+        shape[xc] = -1
+        z = z + jnp.reshape(bias, shape)
+    return z

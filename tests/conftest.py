@@ -1,0 +1,32 @@
+"""Strict JAX settings for every test, and the hypothesis profiles."""
+
+import os
+
+import jax
+import pytest
+from hypothesis import HealthCheck, settings
+
+# Equinox-style strictness: implicit rank promotion is a bug in library code.
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+settings.register_profile(
+    "ci",
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=True,
+)
+settings.register_profile(
+    "deep",
+    max_examples=1000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("JCONV_HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture
+def x64():
+    """Enables float64 for one test and restores the previous setting after it."""
+    with jax.enable_x64(True):
+        yield
