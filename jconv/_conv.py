@@ -201,8 +201,7 @@ def conv_forward(
     c_out = geom.channels[1]
     if bias.shape != (c_out,):
         raise ValueError(
-            f"{where}: params['bias'] must have shape (C_out,) = ({c_out},), got "
-            f"{bias.shape}"
+            f"{where}: params['bias'] must have shape (C_out,) = ({c_out},), got {bias.shape}"
         )
     x, kernel, bias = _common_dtype(x, kernel, bias)
     return _conv(x, kernel, bias, geom, True)

@@ -13,7 +13,9 @@ and can never change what the rules mean.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -65,7 +67,15 @@ def correlate(lhs, rhs, corr: Correlation, precision=None):
 
     The result has the dtype of ``lhs`` (both operands share a dtype).
     """
-    lhs, corr = _crop_negative_padding(lhs, corr)
+    cropped = _crop_negative_padding(lhs, corr)
+    if cropped is None:  # every lhs entry cropped away: the sums are all empty
+        shape = jax.eval_shape(functools.partial(_xla_conv, corr=corr), lhs, rhs).shape
+        return jnp.zeros(shape, lhs.dtype)
+    lhs, corr = cropped
+    return _xla_conv(lhs, rhs, corr, precision)
+
+
+def _xla_conv(lhs, rhs, corr: Correlation, precision=None):
     out = lax.conv_general_dilated(
         lhs,
         rhs,
@@ -73,9 +83,7 @@ def correlate(lhs, rhs, corr: Correlation, precision=None):
         padding=corr.padding,
         lhs_dilation=corr.lhs_dilation,
         rhs_dilation=corr.rhs_dilation,
-        dimension_numbers=lax.ConvDimensionNumbers(
-            corr.lhs_axes, corr.rhs_axes, corr.out_axes
-        ),
+        dimension_numbers=lax.ConvDimensionNumbers(corr.lhs_axes, corr.rhs_axes, corr.out_axes),
         feature_group_count=corr.feature_group_count,
         batch_group_count=corr.batch_group_count,
         precision=precision,
@@ -97,6 +105,7 @@ def _crop_negative_padding(lhs, corr: Correlation):
     Cropping ``c > 0`` entries from an end of the lhs dilated by ``l`` (entries at
     ``0, l, 2l, ...``) removes ``q = ceil(c / l)`` original entries and leaves
     ``q l - c`` zeros of the dilation gap in their place, which become padding.
+    Returns ``None`` when some dim loses every entry (the output is then zero).
     """
     if all(lo >= 0 and hi >= 0 for lo, hi in corr.padding):
         return lhs, corr
@@ -111,5 +120,7 @@ def _crop_negative_padding(lhs, corr: Correlation):
             q = -(hi // dil)
             limits[axis], hi = lhs.shape[axis] - q, q * dil + hi
         padding.append((lo, hi))
+        if limits[axis] <= starts[axis]:
+            return None
     lhs = lax.slice(lhs, starts, limits)
     return lhs, dataclasses.replace(corr, padding=tuple(padding))

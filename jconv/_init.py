@@ -75,8 +75,7 @@ def conv_init(
     g = _positive_int(groups, "groups", where)
     if c_in % g or c_out % g:
         raise ValueError(
-            f"{where}: groups={g} must divide in_channels={c_in} and "
-            f"out_channels={c_out}"
+            f"{where}: groups={g} must divide in_channels={c_in} and out_channels={c_out}"
         )
     if isinstance(kernel_size, int) and not isinstance(kernel_size, bool):
         window = (kernel_size,)

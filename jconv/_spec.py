@@ -43,9 +43,7 @@ def _is_sequence(value: Any) -> bool:
 def check_layout(layout: Any, where: str) -> str:
     """Returns ``layout`` if it is one of :data:`LAYOUTS`, else raises."""
     if not isinstance(layout, str) or layout not in LAYOUTS:
-        raise ValueError(
-            f"{where}: layout must be one of {LAYOUTS}, got {layout!r}"
-        )
+        raise ValueError(f"{where}: layout must be one of {LAYOUTS}, got {layout!r}")
     return layout
 
 
@@ -129,8 +127,7 @@ def _normalise_precision(value: Any, where: str) -> Any:
     if _is_sequence(value) and len(value) == 2:
         return tuple(_normalise_precision(v, where) for v in value)
     raise TypeError(
-        f"{where}: precision must be None, a lax.Precision, a string or a pair, got "
-        f"{value!r}"
+        f"{where}: precision must be None, a lax.Precision, a string or a pair, got {value!r}"
     )
 
 
@@ -422,4 +419,3 @@ def check_output_shape(geom: ConvGeometry, dz_shape: Sequence[int], where: str) 
             f"dilation={geom.spec.dilation}, groups={geom.spec.groups}, "
             f"layout={geom.spec.layout!r}) produces {geom.output_shape}"
         )
-

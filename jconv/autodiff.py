@@ -31,10 +31,20 @@ def conv_forward(
     groups=1,
     layout="channels_last",
     precision=None,
+    pre_pad: bool | str = False,
 ) -> jax.Array:
     """``lax.conv_general_dilated(x, kernel) + bias``, differentiated by JAX.
 
-    Arguments and shapes are those of :func:`jconv.conv_forward`.
+    Arguments and shapes are those of :func:`jconv.conv_forward`, plus:
+
+    Args:
+        pre_pad: ``True`` applies an explicit ``padding`` with ``jnp.pad`` and
+            calls lax with ``VALID`` (the same function). ``"auto"`` does so only
+            on XLA:CPU when some low padding exceeds the dilated kernel's extent:
+            there ``jax.grad`` of lax's own padded convolution asks XLA for a
+            convolution with negative low and positive high padding, which
+            XLA:CPU computes wrongly (openxla/xla issue 48713). ``False`` (the
+            default) is plain lax, as a user would write it.
     """
     kernel = jnp.asarray(params["kernel"])
     spec = make_spec(
@@ -49,11 +59,27 @@ def conv_forward(
     )
     xb, xc, xs = data_axes(spec.layout, spec.ndim)
     ko, ki, ks = kernel_axes(spec.layout, spec.ndim)
+    padding = spec.padding
+    if pre_pad == "auto":
+        window = [kernel.shape[a] for a in ks]
+        pre_pad = (
+            jax.default_backend() == "cpu"
+            and not isinstance(padding, str)
+            and any(
+                lo > (w - 1) * d
+                for (lo, _), w, d in zip(padding, window, spec.dilation, strict=True)
+            )
+        )
+    if pre_pad and not isinstance(padding, str):
+        widths = [(0, 0)] * x.ndim
+        for axis, pad in zip(xs, padding, strict=True):
+            widths[axis] = pad
+        x, padding = jnp.pad(x, widths), "VALID"
     z = lax.conv_general_dilated(
         x,
         kernel,
         window_strides=spec.stride,
-        padding=spec.padding,
+        padding=padding,
         rhs_dilation=spec.dilation,
         dimension_numbers=lax.ConvDimensionNumbers((xb, xc, *xs), (ko, ki, *ks), (xb, xc, *xs)),
         feature_group_count=spec.groups,

@@ -100,7 +100,9 @@ def _taps(spec: ConvSpec, sizes, window, pads, outs) -> Iterator[tuple[tuple, tu
         for k in itertools.product(*(range(w) for w in window)):
             j = tuple(
                 ii * s + kk * d - lo
-                for ii, kk, s, d, (lo, _) in zip(i, k, spec.stride, spec.dilation, pads, strict=True)
+                for ii, kk, s, d, (lo, _) in zip(
+                    i, k, spec.stride, spec.dilation, pads, strict=True
+                )
             )
             if all(0 <= jj < n for jj, n in zip(j, sizes, strict=True)):
                 yield i, k, j

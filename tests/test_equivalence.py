@@ -13,7 +13,12 @@ import pytest
 from helpers import Config, check_against_lax
 
 # (c_in, c_out, groups): dense, grouped, depthwise, depthwise with multiplier 2.
-GROUPINGS = {"dense": (3, 5, 1), "grouped": (4, 6, 2), "depthwise": (4, 4, 4), "depthwise_x2": (3, 6, 3)}
+GROUPINGS = {
+    "dense": (3, 5, 1),
+    "grouped": (4, 6, 2),
+    "depthwise": (4, 4, 4),
+    "depthwise_x2": (3, 6, 3),
+}
 PADDINGS_2D = ["VALID", "SAME", "SAME_LOWER", ((2, 0), (1, 3)), 0, (1, 2)]
 STRIDES_2D = [(1, 1), (1, 2), (2, 1), (3, 3)]
 DILATIONS_2D = [1, 2, (2, 1), (1, 2)]
@@ -41,7 +46,11 @@ def _grid_2d():
 
 def _grid_1d():
     for idx, (stride, padding, grouping) in enumerate(
-        itertools.product([1, 2, 3], ["VALID", "SAME", "SAME_LOWER", ((3, 1),)], ["dense", "grouped", "depthwise_x2"])
+        itertools.product(
+            [1, 2, 3],
+            ["VALID", "SAME", "SAME_LOWER", ((3, 1),)],
+            ["dense", "grouped", "depthwise_x2"],
+        )
     ):
         c_in, c_out, groups = GROUPINGS[grouping]
         yield Config(
@@ -94,8 +103,14 @@ def test_grid_covers_the_required_cases():
     assert {(1, 1), (1, 2), (2, 1), (3, 3)} <= strides
     paddings = {str(c.padding) for c in GRID}
     assert {"VALID", "SAME", "SAME_LOWER", "0"} <= paddings
-    assert any(isinstance(c.padding, tuple) and any(isinstance(p, tuple) and p[0] != p[1] for p in c.padding) for c in GRID)
-    assert {1, 2} <= {d for c in GRID for d in ((c.dilation,) if isinstance(c.dilation, int) else c.dilation)}
+    assert any(
+        isinstance(c.padding, tuple)
+        and any(isinstance(p, tuple) and p[0] != p[1] for p in c.padding)
+        for c in GRID
+    )
+    assert {1, 2} <= {
+        d for c in GRID for d in ((c.dilation,) if isinstance(c.dilation, int) else c.dilation)
+    }
     kinds = {(c.groups == 1, c.groups == c.c_in, c.c_out // c.c_in) for c in GRID}
     assert (True, False, 1) in {(k[0], k[1], 1) for k in kinds if k[0]}  # dense
     assert any(1 < c.groups < c.c_in for c in GRID)  # grouped
@@ -103,7 +118,9 @@ def test_grid_covers_the_required_cases():
     assert any(c.groups == c.c_in and c.c_out == 2 * c.c_in for c in GRID)  # multiplier 2
     assert {1, 2, 3} == {len(c.spatial) for c in GRID}
     for nd in (1, 2, 3):
-        assert {"channels_last", "channels_first"} == {c.layout for c in GRID if len(c.spatial) == nd}
+        assert {"channels_last", "channels_first"} == {
+            c.layout for c in GRID if len(c.spatial) == nd
+        }
     assert {True, False} == {c.bias for c in GRID}
     assert {1} < {c.batch for c in GRID}
 
