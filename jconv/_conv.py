@@ -23,9 +23,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from . import _rules
+from ._arrays import as_float_array, check_params, check_shape, common_dtype
 from ._spec import ConvGeometry, check_layout, check_output_shape, geometry
 
 Array = jax.Array
@@ -101,32 +101,6 @@ _grad_kernel.defvjp(_grad_kernel_fwd, _grad_kernel_bwd)
 # --------------------------------------------------------------------------------
 
 
-def _as_float_array(value, name: str, where: str) -> Array:
-    try:
-        arr = jnp.asarray(value)
-    except TypeError as e:
-        raise TypeError(f"{where}: {name} must be an array, got {type(value).__name__}") from e
-    if not jnp.issubdtype(arr.dtype, jnp.floating):
-        raise TypeError(
-            f"{where}: {name} must have a floating dtype (float16, bfloat16, float32, "
-            f"float64), got {arr.dtype}"
-        )
-    return arr
-
-
-def _common_dtype(*arrays) -> list[Array]:
-    dtype = jnp.result_type(*arrays)
-    return [a.astype(dtype) for a in arrays]
-
-
-def _check_shape(shape: Any, name: str, where: str) -> tuple[int, ...]:
-    if not isinstance(shape, Sequence) or not all(
-        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape
-    ):
-        raise TypeError(f"{where}: {name} must be a sequence of non-negative ints, got {shape!r}")
-    return tuple(shape)
-
-
 def conv_forward(
     params: Mapping[str, Any],
     x,
@@ -175,35 +149,20 @@ def conv_forward(
         ValueError, TypeError: at trace time, for arguments no convolution accepts.
     """
     where = "conv_forward"
-    if not isinstance(params, Mapping):
-        raise TypeError(
-            f"{where}: params must be a mapping {{'kernel': ..., 'bias': ...}}, got "
-            f"{type(params).__name__}"
-        )
-    unknown = set(params) - {"kernel", "bias"}
-    if unknown:
-        raise ValueError(
-            f"{where}: params has unknown keys {sorted(unknown)}; expected 'kernel' and "
-            f"optionally 'bias'"
-        )
-    if params.get("kernel") is None:
-        raise ValueError(f"{where}: params is missing the 'kernel' entry")
-    kernel = _as_float_array(params["kernel"], "params['kernel']", where)
-    x = _as_float_array(x, "x", where)
-    bias = params.get("bias")
+    kernel, bias = check_params(params, where)
+    x = as_float_array(x, "x", where)
     geom = geometry(
         x.shape, kernel.shape, stride, padding, dilation, groups, layout, precision, where
     )
     if bias is None:
-        x, kernel = _common_dtype(x, kernel)
+        x, kernel = common_dtype(x, kernel)
         return _conv(x, kernel, None, geom, False)
-    bias = _as_float_array(bias, "params['bias']", where)
     c_out = geom.channels[1]
     if bias.shape != (c_out,):
         raise ValueError(
             f"{where}: params['bias'] must have shape (C_out,) = ({c_out},), got {bias.shape}"
         )
-    x, kernel, bias = _common_dtype(x, kernel, bias)
+    x, kernel, bias = common_dtype(x, kernel, bias)
     return _conv(x, kernel, bias, geom, True)
 
 
@@ -237,14 +196,14 @@ def conv_grad_input(
         ``dx`` of shape ``input_shape``.
     """
     where = "conv_grad_input"
-    kernel = _as_float_array(kernel, "kernel", where)
-    dz = _as_float_array(dz, "dz", where)
-    input_shape = _check_shape(input_shape, "input_shape", where)
+    kernel = as_float_array(kernel, "kernel", where)
+    dz = as_float_array(dz, "dz", where)
+    input_shape = check_shape(input_shape, "input_shape", where)
     geom = geometry(
         input_shape, kernel.shape, stride, padding, dilation, groups, layout, precision, where
     )
     check_output_shape(geom, dz.shape, where)
-    dz, kernel = _common_dtype(dz, kernel)
+    dz, kernel = common_dtype(dz, kernel)
     return _grad_input(dz, kernel, geom)
 
 
@@ -277,14 +236,14 @@ def conv_grad_kernel(
         ``dk`` of shape ``kernel_shape``.
     """
     where = "conv_grad_kernel"
-    x = _as_float_array(x, "x", where)
-    dz = _as_float_array(dz, "dz", where)
-    kernel_shape = _check_shape(kernel_shape, "kernel_shape", where)
+    x = as_float_array(x, "x", where)
+    dz = as_float_array(dz, "dz", where)
+    kernel_shape = check_shape(kernel_shape, "kernel_shape", where)
     geom = geometry(
         x.shape, kernel_shape, stride, padding, dilation, groups, layout, precision, where
     )
     check_output_shape(geom, dz.shape, where)
-    x, dz = _common_dtype(x, dz)
+    x, dz = common_dtype(x, dz)
     return _grad_kernel(x, dz, geom)
 
 
@@ -300,7 +259,7 @@ def conv_grad_bias(dz, *, layout: str = "channels_last") -> Array:
     """
     where = "conv_grad_bias"
     check_layout(layout, where)
-    dz = _as_float_array(dz, "dz", where)
+    dz = as_float_array(dz, "dz", where)
     if dz.ndim < 3:
         raise ValueError(
             f"{where}: dz must have rank >= 3 (batch, at least one spatial dim, "

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from ._spec import check_layout, kernel_axes, ntuple
 
 
-def _positive_int(value: Any, name: str, where: str) -> int:
+def positive_int(value: Any, name: str, where: str) -> int:
     if isinstance(value, bool):
         raise TypeError(f"{where}: {name} must be an int, got {value!r}")
     try:
@@ -70,9 +70,9 @@ def conv_init(
         ``use_bias=False``.
     """
     where = "conv_init"
-    c_in = _positive_int(in_channels, "in_channels", where)
-    c_out = _positive_int(out_channels, "out_channels", where)
-    g = _positive_int(groups, "groups", where)
+    c_in = positive_int(in_channels, "in_channels", where)
+    c_out = positive_int(out_channels, "out_channels", where)
+    g = positive_int(groups, "groups", where)
     if c_in % g or c_out % g:
         raise ValueError(
             f"{where}: groups={g} must divide in_channels={c_in} and out_channels={c_out}"

@@ -31,7 +31,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
-from ._correlate import Correlation, accumulation_dtype, correlate
+from ._arrays import accumulated_sum
+from ._correlate import Correlation, correlate
 from ._spec import ConvGeometry, data_axes
 
 
@@ -198,8 +199,7 @@ def grad_bias(dz, layout: str):
         ``db`` of shape ``(C_out,)`` and the dtype of ``dz``.
     """
     _, ch, _ = data_axes(layout, dz.ndim - 2)
-    axes = tuple(a for a in range(dz.ndim) if a != ch)
-    return jnp.sum(dz, axis=axes, dtype=accumulation_dtype(dz.dtype)).astype(dz.dtype)
+    return accumulated_sum(dz, tuple(a for a in range(dz.ndim) if a != ch))
 
 
 def swap_group_channels(kernel, geom: ConvGeometry):

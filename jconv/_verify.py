@@ -57,9 +57,7 @@ class Case:
     def pasteable(self) -> str:
         """A line to paste into a test."""
         args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
-        return (
-            f"x_shape={self.x_shape}, kernel_shape={self.kernel_shape}, bias={self.bias}, {args}"
-        )
+        return f"x_shape={self.x_shape}, kernel_shape={self.kernel_shape}, bias={self.bias}, {args}"
 
 
 def sample_case(rng: np.random.Generator, ranks=(1, 2, 3), layouts=LAYOUTS) -> Case:

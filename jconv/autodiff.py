@@ -16,9 +16,17 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ._pool import pool_geometry
 from ._spec import data_axes, kernel_axes, make_spec
 
-__all__ = ["conv_forward"]
+__all__ = [
+    "avg_pool",
+    "conv_forward",
+    "dense_forward",
+    "max_pool",
+    "relu",
+    "softmax_cross_entropy",
+]
 
 
 def conv_forward(
@@ -91,3 +99,48 @@ def conv_forward(
         shape[xc] = -1
         z = z + jnp.reshape(bias, shape)
     return z
+
+
+def dense_forward(params: Mapping[str, Any], x, *, precision=None) -> jax.Array:
+    """``jnp.dot(x, kernel) + bias``."""
+    z = jnp.dot(x, params["kernel"], precision=precision)
+    bias = params.get("bias")
+    return z if bias is None else z + bias
+
+
+def _reduce_window(x, init, op, window, stride, padding, layout, where):
+    geom = pool_geometry(x.shape, window, stride, padding, layout, where)
+    return lax.reduce_window(
+        x,
+        init,
+        op,
+        geom.full(geom.window, 1),
+        geom.full(geom.stride, 1),
+        geom.full(geom.padding, (0, 0)),
+    ), geom
+
+
+def max_pool(x, window, *, stride=None, padding="VALID", layout="channels_last") -> jax.Array:
+    """``lax.reduce_window(x, -inf, lax.max, ...)``."""
+    z, _ = _reduce_window(x, -jnp.inf, lax.max, window, stride, padding, layout, "max_pool")
+    return z
+
+
+def avg_pool(x, window, *, stride=None, padding="VALID", layout="channels_last") -> jax.Array:
+    """``lax.reduce_window(x, 0, lax.add, ...) / prod(window)`` (padding counts)."""
+    z, geom = _reduce_window(x, 0.0, lax.add, window, stride, padding, layout, "avg_pool")
+    size = 1
+    for w in geom.window:
+        size *= w
+    return z / size
+
+
+def relu(x) -> jax.Array:
+    """``jax.nn.relu``."""
+    return jax.nn.relu(x)
+
+
+def softmax_cross_entropy(logits, labels) -> jax.Array:
+    """``-mean(log_softmax(logits)[labels])`` with ``jax.nn.log_softmax``."""
+    log_p = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.mean(jnp.take_along_axis(log_p, labels[:, None], axis=-1))

@@ -29,7 +29,7 @@ def test_verify_fails_on_a_wrong_rule_and_prints_a_pasteable_config(monkeypatch,
 
 def test_python_dash_m_entry_point():
     result = subprocess.run(
-        [sys.executable, "-m", "jconv", "verify", "--configs", "2", "--dtype", "float64", "--quiet"],
+        [sys.executable, "-m", "jconv", "verify", "--configs", "2", "--dtype", "float64", "-q"],
         capture_output=True,
         text=True,
         timeout=300,
