@@ -72,6 +72,8 @@ def correlate(lhs, rhs, corr: Correlation, precision=None):
         shape = jax.eval_shape(functools.partial(_xla_conv, corr=corr), lhs, rhs).shape
         return jnp.zeros(shape, lhs.dtype)
     lhs, corr = cropped
+    if _swapper_hazard(corr, rhs.shape):
+        lhs, corr = _explicit_lhs_dilation(lhs, corr)
     return _xla_conv(lhs, rhs, corr, precision)
 
 
@@ -124,3 +126,42 @@ def _crop_negative_padding(lhs, corr: Correlation):
             return None
     lhs = lax.slice(lhs, starts, limits)
     return lhs, dataclasses.replace(corr, padding=tuple(padding))
+
+
+def _swapper_hazard(corr: Correlation, rhs_shape) -> bool:
+    """Whether XLA's convolution operand swapper would abort compiling ``corr``.
+
+    XLA (jax 0.10.2) may swap a convolution's operands when the kernel is larger
+    than the input. It copies unchanged every spatial dim it takes for a "group"
+    dim: one with ``lhs_dilation == window size``, ``window_stride == size - 1``,
+    no padding and no rhs dilation. With a real lhs dilation the copied window no
+    longer matches the swapped kernel and the compiler hits a fatal check,
+    killing the process. The input gradient of a stride-2, 2-wide, low-padded
+    convolution is exactly such a dim (``jax.grad`` of lax aborts there too).
+    """
+    if corr.feature_group_count > 1 or corr.batch_group_count > 1:
+        return False
+    for i, axis in enumerate(corr.rhs_axes[2:]):
+        size, (lo, hi) = rhs_shape[axis], corr.padding[i]
+        if (
+            corr.lhs_dilation[i] > 1
+            and corr.lhs_dilation[i] == size
+            and corr.window_strides[i] == size - 1
+            and lo == hi == 0
+            and corr.rhs_dilation[i] == 1
+        ):
+            return True
+    return False
+
+
+def _explicit_lhs_dilation(lhs, corr: Correlation):
+    """Interleaves the lhs dilation's zeros explicitly, behind an optimisation barrier.
+
+    The barrier keeps XLA from folding the interior padding back into the
+    convolution as a base dilation (which would bring back the hazard).
+    """
+    config = [(0, 0, 0)] * lhs.ndim
+    for axis, dil in zip(corr.lhs_axes[2:], corr.lhs_dilation, strict=True):
+        config[axis] = (0, 0, dil - 1)
+    lhs = lax.optimization_barrier(lax.pad(lhs, jnp.zeros((), lhs.dtype), config))
+    return lhs, dataclasses.replace(corr, lhs_dilation=(1,) * len(corr.lhs_dilation))

@@ -46,13 +46,11 @@ def conv_forward(
     Arguments and shapes are those of :func:`jconv.conv_forward`, plus:
 
     Args:
-        pre_pad: ``True`` applies an explicit ``padding`` with ``jnp.pad`` and
-            calls lax with ``VALID`` (the same function). ``"auto"`` does so only
-            on XLA:CPU when some low padding exceeds the dilated kernel's extent:
-            there ``jax.grad`` of lax's own padded convolution asks XLA for a
-            convolution with negative low and positive high padding, which
-            XLA:CPU computes wrongly (openxla/xla issue 48713). ``False`` (the
-            default) is plain lax, as a user would write it.
+        pre_pad: ``True`` applies the padding with ``jnp.pad`` and calls lax with
+            ``VALID`` (the same function). ``"auto"`` does so only where
+            ``jax.grad`` of lax's own padded convolution meets an XLA bug (see
+            :func:`_xla_hazard`). ``False`` (the default) is plain lax, as a user
+            would write it.
     """
     kernel = jnp.asarray(params["kernel"])
     spec = make_spec(
@@ -69,19 +67,16 @@ def conv_forward(
     ko, ki, ks = kernel_axes(spec.layout, spec.ndim)
     padding = spec.padding
     if pre_pad == "auto":
-        window = [kernel.shape[a] for a in ks]
-        pre_pad = (
-            jax.default_backend() == "cpu"
-            and not isinstance(padding, str)
-            and any(
-                lo > (w - 1) * d
-                for (lo, _), w, d in zip(padding, window, spec.dilation, strict=True)
-            )
-        )
-    if pre_pad and not isinstance(padding, str):
+        pre_pad = _xla_hazard(x.shape, kernel.shape, spec)
+    if pre_pad:
+        pads = padding
+        if isinstance(pads, str):
+            window = [kernel.shape[a] for a in ks]
+            dilated = [(w - 1) * d + 1 for w, d in zip(window, spec.dilation, strict=True)]
+            pads = lax.padtype_to_pads([x.shape[a] for a in xs], dilated, spec.stride, pads)
         widths = [(0, 0)] * x.ndim
-        for axis, pad in zip(xs, padding, strict=True):
-            widths[axis] = pad
+        for axis, pad in zip(xs, pads, strict=True):
+            widths[axis] = tuple(pad)
         x, padding = jnp.pad(x, widths), "VALID"
     z = lax.conv_general_dilated(
         x,
@@ -144,3 +139,27 @@ def softmax_cross_entropy(logits, labels) -> jax.Array:
     """``-mean(log_softmax(logits)[labels])`` with ``jax.nn.log_softmax``."""
     log_p = jax.nn.log_softmax(logits, axis=-1)
     return -jnp.mean(jnp.take_along_axis(log_p, labels[:, None], axis=-1))
+
+
+def _xla_hazard(x_shape, kernel_shape, spec) -> bool:
+    """Whether ``jax.grad`` of lax's padded convolution meets a known XLA bug.
+
+    - XLA:CPU computes a convolution with negative low and positive high padding
+      wrongly (openxla/xla issue 48713); lax's input-gradient convolution has one
+      when a low padding exceeds the dilated kernel's extent.
+    - XLA's convolution operand swapper aborts the process on an lhs-dilated dim
+      that looks like a "group" dim (see ``jconv._correlate._swapper_hazard``);
+      lax's input gradient has one for a 2-wide, stride-2, undilated dim with
+      low padding 1 and no high padding left over, in an ungrouped convolution.
+    """
+    from ._spec import resolve
+
+    geom = resolve(spec, x_shape, kernel_shape, "autodiff.conv_forward")
+    for m in geom.dims():
+        if m.lo > (m.window - 1) * m.dilation and jax.default_backend() == "cpu":
+            return True
+        high = m.size + m.lo - (m.out - 1) * m.stride - 1
+        if spec.groups == 1 and m.window == m.stride == 2 and m.dilation == 1 and m.lo == 1:
+            if high == 0:
+                return True
+    return False
