@@ -47,7 +47,7 @@ def _flat(a):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def _dense(x, kernel, bias, has_bias: bool, precision):
     z = _matmul(x, kernel, x.ndim - 1, 0, precision)
-    return z + bias if has_bias else z
+    return z + bias.reshape((1,) * (z.ndim - 1) + bias.shape) if has_bias else z
 
 
 def _dense_fwd(x, kernel, bias, has_bias, precision):

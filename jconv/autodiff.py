@@ -100,7 +100,7 @@ def dense_forward(params: Mapping[str, Any], x, *, precision=None) -> jax.Array:
     """``jnp.dot(x, kernel) + bias``."""
     z = jnp.dot(x, params["kernel"], precision=precision)
     bias = params.get("bias")
-    return z if bias is None else z + bias
+    return z if bias is None else z + jnp.reshape(bias, (1,) * (z.ndim - 1) + (-1,))
 
 
 def _reduce_window(x, init, op, window, stride, padding, layout, where):

@@ -31,7 +31,15 @@ import numpy as np
 
 from ._spec import ConvSpec, make_spec
 
-__all__ = ["conv_forward", "conv_grad_bias", "conv_grad_input", "conv_grad_kernel"]
+__all__ = [
+    "avg_pool_grad_input",
+    "conv_forward",
+    "conv_grad_bias",
+    "conv_grad_input",
+    "conv_grad_kernel",
+    "dense_forward",
+    "max_pool_grad_input",
+]
 
 
 def _spec(ndim: int, kwargs: dict[str, Any], where: str) -> ConvSpec:
@@ -182,3 +190,79 @@ def conv_grad_bias(dz, *, layout: str = "channels_last") -> np.ndarray:
         for i in itertools.product(*(range(s) for s in dzc.shape[2:])):
             db += dzc[(n, slice(None), *i)]
     return db
+
+
+def dense_forward(params: Mapping[str, Any], x) -> np.ndarray:
+    """``Z[n, o] = sum_i X[n, i] W[i, o] + B[o]`` by an explicit loop over ``i``."""
+    x = np.asarray(x, np.float64)
+    w = np.asarray(params["kernel"], np.float64)
+    z = np.zeros((*x.shape[:-1], w.shape[1]))
+    for i in range(w.shape[0]):
+        z += x[..., i : i + 1] * w[i]
+    if params.get("bias") is not None:
+        z += np.asarray(params["bias"], np.float64)
+    return z
+
+
+def _pool_windows(x_cf: np.ndarray, window, stride, padding):
+    """Yields ``(output index, [input index or None for padding, ...])`` per window."""
+    sizes = x_cf.shape[2:]
+    outs = [
+        (i + lo + hi - w) // s + 1
+        for i, w, s, (lo, hi) in zip(sizes, window, stride, padding, strict=True)
+    ]
+    for o in itertools.product(*(range(n) for n in outs)):
+        members = []
+        for k in itertools.product(*(range(w) for w in window)):
+            j = tuple(
+                oo * s + kk - lo for oo, kk, s, (lo, _) in zip(o, k, stride, padding, strict=True)
+            )
+            inside = all(0 <= jj < n for jj, n in zip(j, sizes, strict=True))
+            members.append(j if inside else None)
+        yield o, members
+
+
+def _pool_args(x_shape, window, stride, padding, layout, where):
+    from ._pool import pool_geometry
+
+    geom = pool_geometry(x_shape, window, stride, padding, layout, f"reference.{where}")
+    return geom.window, geom.stride, geom.padding
+
+
+def max_pool_grad_input(dz, x, window, *, stride=None, padding="VALID", layout="channels_last"):
+    """Each window's ``dZ`` goes to its first maximal entry (row-major), by loops.
+
+    Padding entries are ``-inf`` and only win a window that holds nothing larger.
+    """
+    x_cf, dz_cf = _to_channels_first(x, layout), _to_channels_first(dz, layout)
+    window, stride, padding = _pool_args(np.shape(x), window, stride, padding, layout, "max_pool")
+    dx = np.zeros(x_cf.shape)
+    for o, members in _pool_windows(x_cf, window, stride, padding):
+        for n in range(x_cf.shape[0]):
+            for c in range(x_cf.shape[1]):
+                best, where, chosen = -np.inf, None, False
+                for j in members:
+                    value = -np.inf if j is None else x_cf[(n, c, *j)]
+                    if not chosen or value > best:
+                        best, where, chosen = value, j, True
+                if where is not None:  # a padding entry won: nothing to route
+                    dx[(n, c, *where)] += dz_cf[(n, c, *o)]
+    return _from_channels_first(dx, layout)
+
+
+def avg_pool_grad_input(
+    dz, input_shape, window, *, stride=None, padding="VALID", layout="channels_last"
+):
+    """Every window entry (padding included in the count) gets ``dZ / prod(window)``."""
+    dz_cf = _to_channels_first(dz, layout)
+    shape_cf = _shape_to_channels_first(input_shape, layout)
+    window, stride, padding = _pool_args(
+        tuple(input_shape), window, stride, padding, layout, "avg_pool"
+    )
+    dx = np.zeros(shape_cf)
+    size = float(np.prod(window))
+    for o, members in _pool_windows(np.zeros(shape_cf), window, stride, padding):
+        for j in members:
+            if j is not None:
+                dx[(slice(None), slice(None), *j)] += dz_cf[(slice(None), slice(None), *o)] / size
+    return _from_channels_first(dx, layout)
