@@ -194,7 +194,8 @@ def test_softmax_cross_entropy_matches_log_softmax(x64):
         (jax.nn.softmax(logits) - onehot) / 6,
         jnp.float64,
     )
-    check_grads(lambda l: jconv.softmax_cross_entropy(l, labels), (logits,), order=2, modes=["rev"])
+    loss = lambda lg: jconv.softmax_cross_entropy(lg, labels)  # noqa: E731
+    check_grads(loss, (logits,), order=2, modes=["rev"])
 
 
 def test_softmax_cross_entropy_is_stable_for_large_logits():
