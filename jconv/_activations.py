@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._arrays import as_float_array
-from ._correlate import accumulation_dtype
+from ._correlation import accumulation_dtype
 
 
 @jax.custom_vjp

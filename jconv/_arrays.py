@@ -8,7 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._correlate import accumulation_dtype
+from ._correlation import accumulation_dtype
 
 
 def as_float_array(value: Any, name: str, where: str) -> jax.Array:

@@ -83,6 +83,23 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from . import _bench
+
+    names = args.shapes.split(",") if args.shapes else None
+    known = {s.name for s in _bench.SUITE}
+    unknown = sorted(set(names or ()) - known)
+    if unknown:
+        print(f"error: unknown shapes {unknown}; known: {sorted(known)}", file=sys.stderr)
+        return 2
+    report = _bench.run(names, repeats=args.repeats, torch=not args.no_torch)
+    out = Path(args.out)
+    _bench.write(report, out)
+    print(_bench.markdown(report))
+    print(f"wrote {out}/bench.json, {out}/bench.md, {out}/bench.png")
+    return 0
+
+
 _TRAIN_KEYS = (
     "dataset",
     "data_dir",
@@ -149,6 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=_train)
+
+    bench = sub.add_parser(
+        "bench", help="time jconv's fwd+bwd against jax.grad of lax (and PyTorch) per shape"
+    )
+    bench.add_argument("--shapes", default=None, help="comma-separated subset of the suite")
+    bench.add_argument("--repeats", type=int, default=5, help="timed runs per contender")
+    bench.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
+    bench.add_argument("--out", default="bench-results", help="folder for bench.json/.md/.png")
+    bench.set_defaults(func=_bench)
     return parser
 
 

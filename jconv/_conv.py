@@ -111,6 +111,7 @@ def conv_forward(
     groups: int = 1,
     layout: str = "channels_last",
     precision: Any = None,
+    lowering: str = "auto",
 ) -> Array:
     """N-D convolution (cross-correlation) plus bias, with hand-derived gradients.
 
@@ -137,6 +138,10 @@ def conv_forward(
         layout: ``"channels_last"`` (JAX/Flax) or ``"channels_first"`` (PyTorch).
         precision: ``lax.Precision`` (or name, or pair) for the correlations;
             ``None`` is JAX's default.
+        lowering: how each correlation is computed: ``"auto"`` (default: per shape
+            and platform), ``"xla"`` (always ``lax.conv_general_dilated``) or
+            ``"taps"`` (strided slices times einsums). Values and the rules are the
+            same; only speed differs.
 
     Returns:
         ``z`` of shape ``(N, *spatial_out, C_out)`` or ``(N, C_out, *spatial_out)``
@@ -152,7 +157,7 @@ def conv_forward(
     kernel, bias = check_params(params, where)
     x = as_float_array(x, "x", where)
     geom = geometry(
-        x.shape, kernel.shape, stride, padding, dilation, groups, layout, precision, where
+        x.shape, kernel.shape, stride, padding, dilation, groups, layout, precision, where, lowering
     )
     if bias is None:
         x, kernel = common_dtype(x, kernel)
@@ -177,6 +182,7 @@ def conv_grad_input(
     groups: int = 1,
     layout: str = "channels_last",
     precision: Any = None,
+    lowering: str = "auto",
 ) -> Array:
     """``dL/dX = conv(padded, stride-dilated dL/dZ, rot180(K))``, per group.
 
@@ -189,8 +195,8 @@ def conv_grad_input(
         dz: output gradient, shape of the forward's ``z``.
         kernel: the forward kernel.
         input_shape: shape of the forward's ``x``.
-        stride, padding, dilation, groups, layout, precision: the arguments of
-            the :func:`conv_forward` call whose gradient this is.
+        stride, padding, dilation, groups, layout, precision, lowering: the
+            arguments of the :func:`conv_forward` call whose gradient this is.
 
     Returns:
         ``dx`` of shape ``input_shape``.
@@ -200,7 +206,16 @@ def conv_grad_input(
     dz = as_float_array(dz, "dz", where)
     input_shape = check_shape(input_shape, "input_shape", where)
     geom = geometry(
-        input_shape, kernel.shape, stride, padding, dilation, groups, layout, precision, where
+        input_shape,
+        kernel.shape,
+        stride,
+        padding,
+        dilation,
+        groups,
+        layout,
+        precision,
+        where,
+        lowering,
     )
     check_output_shape(geom, dz.shape, where)
     dz, kernel = common_dtype(dz, kernel)
@@ -218,6 +233,7 @@ def conv_grad_kernel(
     groups: int = 1,
     layout: str = "channels_last",
     precision: Any = None,
+    lowering: str = "auto",
 ) -> Array:
     """``dL/dK = conv(X, dL/dZ)``: the correlation of the input with ``dz``.
 
@@ -229,8 +245,8 @@ def conv_grad_kernel(
         x: the forward input.
         dz: output gradient, shape of the forward's ``z``.
         kernel_shape: shape of the forward's kernel.
-        stride, padding, dilation, groups, layout, precision: the arguments of
-            the :func:`conv_forward` call whose gradient this is.
+        stride, padding, dilation, groups, layout, precision, lowering: the
+            arguments of the :func:`conv_forward` call whose gradient this is.
 
     Returns:
         ``dk`` of shape ``kernel_shape``.
@@ -240,7 +256,7 @@ def conv_grad_kernel(
     dz = as_float_array(dz, "dz", where)
     kernel_shape = check_shape(kernel_shape, "kernel_shape", where)
     geom = geometry(
-        x.shape, kernel_shape, stride, padding, dilation, groups, layout, precision, where
+        x.shape, kernel_shape, stride, padding, dilation, groups, layout, precision, where, lowering
     )
     check_output_shape(geom, dz.shape, where)
     x, dz = common_dtype(x, dz)

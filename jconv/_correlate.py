@@ -14,64 +14,61 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._spec import Pads, Shape
+from . import _taps
+from ._correlation import Correlation, accumulation_dtype
 
-# Half-precision operands are multiplied in their own dtype but accumulated in
-# float32, then rounded once to the operand dtype.
-HALF_DTYPES = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
-
-
-def accumulation_dtype(dtype) -> jnp.dtype | None:
-    """float32 for float16/bfloat16 operands, else ``None`` (the operand dtype)."""
-    return jnp.dtype(jnp.float32) if jnp.dtype(dtype) in HALF_DTYPES else None
+# The taps lowering unrolls one einsum per term; beyond this many it stays XLA's.
+MAX_TERMS = 64
 
 
-@dataclasses.dataclass(frozen=True)
-class Correlation:
-    """A grouped N-D correlation, described by axis roles rather than a layout.
-
-    With one spatial dim, ``lhs~`` the lhs with ``lhs_dilation - 1`` zeros inserted
-    between neighbours and then zero-padded by ``padding``, and ``G`` the feature
-    group count, the output is::
-
-        out[b, f, i] = sum_{c, k} lhs~[b, g(f) * C + c, i * window_stride
-                                      + k * rhs_dilation] * rhs[f, c, k]
-
-    where ``C`` is the rhs in-feature size and ``g(f)`` the group of output
-    feature ``f`` (contiguous blocks). ``batch_group_count = G'`` instead splits
-    the lhs *batch* into ``G'`` contiguous blocks, output feature block ``g``
-    seeing only lhs batch block ``g``; the kernel gradient of a grouped
-    convolution uses it. Axes are given as ``(batch, feature, *spatial)`` for lhs
-    and output and ``(out_feature, in_feature, *spatial)`` for rhs, so any layout
-    of any operand is expressed without moving data.
-    """
-
-    lhs_axes: Shape
-    rhs_axes: Shape
-    out_axes: Shape
-    window_strides: Shape
-    padding: Pads
-    lhs_dilation: Shape
-    rhs_dilation: Shape
-    feature_group_count: int = 1
-    batch_group_count: int = 1
-
-
-def correlate(lhs, rhs, corr: Correlation, precision=None):
+def correlate(lhs, rhs, corr: Correlation, precision=None, lowering: str = "auto"):
     """Computes the correlation ``corr`` of ``lhs`` with ``rhs``.
 
-    The result has the dtype of ``lhs`` (both operands share a dtype).
+    Args:
+        lhs, rhs: operands of one dtype, laid out as ``corr`` says.
+        corr: which correlation.
+        precision: passed to XLA.
+        lowering: ``"xla"`` (``lax.conv_general_dilated``), ``"taps"`` (strided
+            slices times einsums, ``_taps.py``) or ``"auto"``: on CPU, taps for
+            grouped/depthwise correlations and single-tap (1x1) ones, where XLA:CPU's
+            convolution is slow; XLA's convolution (cuDNN on GPU) everywhere else.
+
+    Returns:
+        The result, in ``lhs``'s dtype.
     """
     cropped = _crop_negative_padding(lhs, corr)
     if cropped is None:  # every lhs entry cropped away: the sums are all empty
         shape = jax.eval_shape(functools.partial(_xla_conv, corr=corr), lhs, rhs).shape
         return jnp.zeros(shape, lhs.dtype)
     lhs, corr = cropped
+    xla = functools.partial(_hazard_free_xla_conv, corr=corr, precision=precision)
+    taps = functools.partial(_taps.taps_correlate, corr=corr, precision=precision)
+    if lowering == "xla":
+        return xla(lhs, rhs)
+    if lowering == "taps":
+        return taps(lhs, rhs)
+    if not _taps_pays_on_cpu(lhs.shape, rhs.shape, corr):
+        return xla(lhs, rhs)
+    return lax.platform_dependent(lhs, rhs, cpu=taps, default=xla)
+
+
+def _taps_pays_on_cpu(lhs_shape, rhs_shape, corr: Correlation) -> bool:
+    """The "auto" rule: where the taps lowering beats XLA:CPU's convolution."""
+    x_shape = [lhs_shape[a] for a in (corr.lhs_axes[0], *corr.lhs_axes[2:], corr.lhs_axes[1])]
+    w_shape = [rhs_shape[a] for a in (*corr.rhs_axes[2:], corr.rhs_axes[1], corr.rhs_axes[0])]
+    window, outs = _taps.term_counts(x_shape, w_shape, corr)
+    terms = min(math.prod(window), math.prod(outs))
+    grouped = corr.feature_group_count > 1 or corr.batch_group_count > 1
+    return terms <= MAX_TERMS and (grouped or terms == 1)
+
+
+def _hazard_free_xla_conv(lhs, rhs, corr: Correlation, precision=None):
     if _swapper_hazard(corr, rhs.shape):
         lhs, corr = _explicit_lhs_dilation(lhs, corr)
     return _xla_conv(lhs, rhs, corr, precision)

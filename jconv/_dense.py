@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ._arrays import accumulated_sum, as_float_array, check_params, common_dtype
-from ._correlate import accumulation_dtype
+from ._correlation import accumulation_dtype
 from ._init import check_float_dtype, positive_int
 
 

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ._arrays import as_float_array, check_shape
-from ._correlate import accumulation_dtype
+from ._correlation import accumulation_dtype
 from ._spec import Pads, Shape, check_layout, data_axes, normalise_padding, ntuple, same_padding
 
 

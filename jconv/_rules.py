@@ -32,7 +32,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from ._arrays import accumulated_sum
-from ._correlate import Correlation, correlate
+from ._correlate import correlate
+from ._correlation import Correlation
 from ._spec import ConvGeometry, data_axes
 
 
@@ -60,7 +61,7 @@ def forward(x, kernel, geom: ConvGeometry):
         rhs_dilation=spec.dilation,
         feature_group_count=spec.groups,
     )
-    return correlate(x, kernel, corr, spec.precision)
+    return correlate(x, kernel, corr, spec.precision, spec.lowering)
 
 
 def grad_kernel(x, dz, geom: ConvGeometry):
@@ -118,7 +119,7 @@ def grad_kernel(x, dz, geom: ConvGeometry):
         rhs_dilation=spec.stride,
         batch_group_count=spec.groups,
     )
-    return correlate(x, dz, corr, spec.precision)
+    return correlate(x, dz, corr, spec.precision, spec.lowering)
 
 
 def grad_input(dz, kernel, geom: ConvGeometry):
@@ -181,7 +182,7 @@ def grad_input(dz, kernel, geom: ConvGeometry):
         rhs_dilation=spec.dilation,
         feature_group_count=spec.groups,
     )
-    return correlate(dz, rotated, corr, spec.precision)
+    return correlate(dz, rotated, corr, spec.precision, spec.lowering)
 
 
 def grad_bias(dz, layout: str):

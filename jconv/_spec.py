@@ -47,6 +47,16 @@ def check_layout(layout: Any, where: str) -> str:
     return layout
 
 
+LOWERINGS = ("auto", "xla", "taps")
+
+
+def check_lowering(lowering: Any, where: str) -> str:
+    """Returns ``lowering`` if it names a correlation lowering, else raises."""
+    if not isinstance(lowering, str) or lowering not in LOWERINGS:
+        raise ValueError(f"{where}: lowering must be one of {LOWERINGS}, got {lowering!r}")
+    return lowering
+
+
 def ntuple(value: Any, n: int, name: str, where: str, *, minimum: int = 1) -> Shape:
     """Normalises an int or a length-``n`` sequence of ints to an ``n``-tuple.
 
@@ -166,6 +176,7 @@ class ConvSpec:
         groups: number of feature groups.
         layout: ``"channels_last"`` or ``"channels_first"``.
         precision: passed to XLA (``None`` means JAX's default).
+        lowering: how correlations are computed (``"auto"``, ``"xla"``, ``"taps"``).
     """
 
     ndim: int
@@ -175,6 +186,7 @@ class ConvSpec:
     groups: int
     layout: str
     precision: Any = None
+    lowering: str = "auto"
 
     def kwargs(self) -> dict[str, Any]:
         """The keyword arguments that reproduce this spec in a public call."""
@@ -185,6 +197,7 @@ class ConvSpec:
             groups=self.groups,
             layout=self.layout,
             precision=self.precision,
+            lowering=self.lowering,
         )
 
 
@@ -197,6 +210,7 @@ def make_spec(
     groups: Any = 1,
     layout: Any = "channels_last",
     precision: Any = None,
+    lowering: Any = "auto",
     where: str = "jconv",
 ) -> ConvSpec:
     """Validates the static arguments of a convolution with ``ndim`` spatial dims."""
@@ -217,6 +231,7 @@ def make_spec(
         groups=operator.index(groups),
         layout=check_layout(layout, where),
         precision=_normalise_precision(precision, where),
+        lowering=check_lowering(lowering, where),
     )
 
 
@@ -394,6 +409,7 @@ def geometry(
     layout: Any,
     precision: Any,
     where: str,
+    lowering: Any = "auto",
 ) -> ConvGeometry:
     """:func:`make_spec` then :func:`resolve`: the public functions' one entry."""
     spec = make_spec(
@@ -404,6 +420,7 @@ def geometry(
         groups=groups,
         layout=layout,
         precision=precision,
+        lowering=lowering,
         where=where,
     )
     return resolve(spec, input_shape, kernel_shape, where)

@@ -45,6 +45,7 @@ class Config:
     dilation: object = 1
     layout: str = "channels_last"
     bias: bool = True
+    lowering: str = "auto"  # jconv only; the oracle is always plain lax
 
     @property
     def kwargs(self):
@@ -102,6 +103,13 @@ def _compiled(forward, config, precision):
     return jax.jit(run)
 
 
+# jconv's forward with each lowering forced (module-level: cache keys by identity).
+JCONV = {
+    lowering: functools.partial(jconv.conv_forward, lowering=lowering)
+    for lowering in ("auto", "xla", "taps")
+}
+
+
 def lax_oracle(params, x, **kwargs):
     """``jax.grad``-able lax convolution, steering clear of openxla/xla#48713."""
     return jconv.autodiff.conv_forward(params, x, **kwargs, pre_pad="auto")
@@ -118,7 +126,7 @@ def check_against_lax(config, dtype):
     O(1) of that scale.
     """
     params, x, ct = config.arrays(dtype)
-    z, (gp, gx) = value_and_grads(jconv.conv_forward, config, params, x, ct)
+    z, (gp, gx) = value_and_grads(JCONV[config.lowering], config, params, x, ct)
     z_ref, (gp_ref, gx_ref) = value_and_grads(lax_oracle, config, params, x, ct)
     abs_params = jax.tree.map(jnp.abs, params)
     abs_x, abs_ct = jnp.abs(x), jnp.abs(ct)

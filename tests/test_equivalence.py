@@ -6,6 +6,7 @@ each appears with every stride and padding kind; float32 to 1e-5 and float64
 to 1e-12 (relative to the largest entry).
 """
 
+import dataclasses
 import itertools
 
 import jax.numpy as jnp
@@ -125,9 +126,11 @@ def test_grid_covers_the_required_cases():
     assert {1} < {c.batch for c in GRID}
 
 
+@pytest.mark.parametrize("lowering", ["auto", "xla", "taps"])
 @pytest.mark.parametrize("config", GRID, ids=_id)
-def test_float32_matches_lax_autodiff(config):
-    check_against_lax(config, jnp.float32)
+def test_float32_matches_lax_autodiff(config, lowering):
+    """The whole grid once per lowering: speed can never cost correctness."""
+    check_against_lax(dataclasses.replace(config, lowering=lowering), jnp.float32)
 
 
 @pytest.mark.parametrize("config", GRID, ids=_id)

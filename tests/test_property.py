@@ -55,6 +55,7 @@ def configs(draw, max_rank=3):
         dilation=dilation,
         layout=draw(st.sampled_from(["channels_last", "channels_first"])),
         bias=draw(st.booleans()),
+        lowering=draw(st.sampled_from(["auto", "xla", "taps"])),
     )
 
 

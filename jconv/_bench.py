@@ -1,0 +1,306 @@
+"""``jconv bench``: jconv's fwd+bwd against ``jax.grad`` of lax (and PyTorch), per shape.
+
+For each shape of :data:`SUITE`, times a jit-compiled gradient (w.r.t. x, kernel
+and bias) of ``sum(conv(x) * ct)`` for jconv (``lowering="auto"``) and for
+``lax.conv_general_dilated`` + bias under ``jax.grad``, interleaved (A B A B ...)
+after a warm-up, and reports medians, the ratio jconv / autodiff, forward-only
+times, compile times, achieved GFLOP/s next to the machine's float32 matmul
+GFLOP/s measured in the same process, the compiled programs' temporary memory,
+and PyTorch CPU's fwd+bwd (best of NCHW and channels_last) when torch imports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import autodiff
+from ._conv import conv_forward
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """One benchmark convolution (N, spatial, channels, window and arguments)."""
+
+    name: str
+    batch: int
+    spatial: tuple[int, ...]
+    c_in: int
+    c_out: int
+    window: tuple[int, ...]
+    stride: int = 1
+    padding: Any = "SAME"
+    dilation: int = 1
+    groups: int = 1
+    layout: str = "channels_last"
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            layout=self.layout,
+        )
+
+    def arrays(self, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        if self.layout == "channels_last":
+            x_shape = (self.batch, *self.spatial, self.c_in)
+            k_shape = (*self.window, self.c_in // self.groups, self.c_out)
+        else:
+            x_shape = (self.batch, self.c_in, *self.spatial)
+            k_shape = (self.c_out, self.c_in // self.groups, *self.window)
+        params = {
+            "kernel": jnp.asarray(rng.normal(size=k_shape) * 0.1, jnp.float32),
+            "bias": jnp.asarray(rng.normal(size=(self.c_out,)), jnp.float32),
+        }
+        x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
+        z = jax.eval_shape(lambda p, x: conv_forward(p, x, **self.kwargs), params, x)
+        ct = jnp.asarray(rng.normal(size=z.shape), jnp.float32)
+        return params, x, ct, z.shape
+
+    def forward_flops(self, z_shape) -> float:
+        """``2 N prod(out) C_out (C_in / groups) prod(window)``."""
+        out_spatial = z_shape[1:-1] if self.layout == "channels_last" else z_shape[2:]
+        return (
+            2.0
+            * self.batch
+            * math.prod(out_spatial)
+            * self.c_out
+            * (self.c_in // self.groups)
+            * math.prod(self.window)
+        )
+
+
+SUITE = [
+    Shape("resnet50-3x3-56", 8, (56, 56), 64, 64, (3, 3)),
+    Shape("resnet50-1x1-expand", 8, (56, 56), 64, 256, (1, 1), padding="VALID"),
+    Shape("resnet50-1x1-stride2", 8, (56, 56), 256, 128, (1, 1), stride=2, padding="VALID"),
+    Shape("resnet50-3x3-14", 8, (14, 14), 256, 256, (3, 3)),
+    Shape("resnet-stem-7x7-s2", 8, (224, 224), 3, 64, (7, 7), stride=2, padding=3),
+    Shape("googlenet-5x5", 8, (28, 28), 192, 32, (5, 5)),
+    Shape("mobilenet-dw-28", 8, (28, 28), 256, 256, (3, 3), groups=256),
+    Shape("mobilenet-dw-14", 8, (14, 14), 512, 512, (3, 3), groups=512),
+    Shape("mobilenet-dw-s2-112", 4, (112, 112), 64, 64, (3, 3), stride=2, groups=64),
+    Shape("lenet-5x5", 64, (28, 28), 1, 6, (5, 5), padding="VALID"),
+    Shape("1d-dilated-k3", 8, (8000,), 64, 64, (3,), dilation=4),
+    Shape("nchw-3x3-28", 8, (28, 28), 128, 128, (3, 3), layout="channels_first"),
+]
+
+
+def _timer(fn, *args):
+    def run():
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        return time.perf_counter() - t0
+
+    return run
+
+
+def _interleaved(runners: dict[str, Any], repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median seconds per runner, alternating A B A B ... after ``warmup`` rounds."""
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for i in range(warmup + repeats):
+        for name, run in runners.items():
+            t = run()
+            if i >= warmup:
+                times[name].append(t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """The machine's float32 matmul throughput, measured here."""
+    a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
+    f = jax.jit(lambda a, b: a @ b)
+    t = _interleaved({"mm": _timer(f, a, a)}, repeats)["mm"]
+    return 2.0 * n**3 / t / 1e9
+
+
+def _compile(fn, *args):
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    seconds = time.perf_counter() - t0
+    try:
+        temp = int(compiled.memory_analysis().temp_size_in_bytes)
+    except Exception:  # noqa: BLE001 - not every backend reports it
+        temp = None
+    return compiled, seconds, temp
+
+
+def _grad_fn(forward, shape: Shape, ct):
+    def loss(p, x):
+        return jnp.sum(forward(p, x, **shape.kwargs) * ct)
+
+    return jax.grad(loss, argnums=(0, 1))
+
+
+def _torch_time(shape: Shape, repeats: int) -> float | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.manual_seed(0)
+    nd = len(shape.spatial)
+    conv = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d}.get(nd)
+    if conv is None:
+        return None
+    pad = shape.padding
+    if pad == "VALID":
+        pad = 0
+    elif pad == "SAME":
+        if shape.stride != 1:
+            return None  # torch has no SAME for strided convolutions
+        pad = "same"
+    x = torch.randn(shape.batch, shape.c_in, *shape.spatial)
+    w = torch.randn(shape.c_out, shape.c_in // shape.groups, *shape.window) * 0.1
+    b = torch.randn(shape.c_out)
+    best = None
+    formats = [torch.contiguous_format] + ([torch.channels_last] if nd == 2 else [])
+    for fmt in formats:
+        xf = x.contiguous(memory_format=fmt).requires_grad_(True)
+        wf = w.contiguous(memory_format=fmt).requires_grad_(True)
+        bf = b.clone().requires_grad_(True)
+
+        def run(xf=xf, wf=wf, bf=bf):
+            t0 = time.perf_counter()
+            z = conv(
+                xf,
+                wf,
+                bf,
+                stride=shape.stride,
+                padding=pad,
+                dilation=shape.dilation,
+                groups=shape.groups,
+            )
+            z.backward(torch.ones_like(z))
+            return time.perf_counter() - t0
+
+        t = _interleaved({"torch": run}, repeats)["torch"]
+        best = t if best is None else min(best, t)
+    return best
+
+
+def bench_shape(shape: Shape, repeats: int, torch: bool, peak: float) -> dict[str, Any]:
+    params, x, ct, z_shape = shape.arrays()
+    contenders = {
+        "jconv": conv_forward,
+        "autodiff": autodiff.conv_forward,
+    }
+    result: dict[str, Any] = {"shape": dataclasses.asdict(shape)}
+    grad_runners, fwd_runners = {}, {}
+    for name, forward in contenders.items():
+        g, compile_s, temp = _compile(_grad_fn(forward, shape, ct), params, x)
+        f, _, _ = _compile(lambda p, x, forward=forward: forward(p, x, **shape.kwargs), params, x)
+        grad_runners[name] = _timer(g, params, x)
+        fwd_runners[name] = _timer(f, params, x)
+        result[f"{name}_compile_s"] = compile_s
+        result[f"{name}_temp_bytes"] = temp
+    grad = _interleaved(grad_runners, repeats)
+    fwd = _interleaved(fwd_runners, repeats)
+    flops = 3 * shape.forward_flops(z_shape)
+    for name in contenders:
+        result[f"{name}_fwd_bwd_s"] = grad[name]
+        result[f"{name}_fwd_s"] = fwd[name]
+        result[f"{name}_gflops"] = flops / grad[name] / 1e9
+        result[f"{name}_fraction_of_matmul"] = result[f"{name}_gflops"] / peak
+    result["ratio"] = grad["jconv"] / grad["autodiff"]
+    result["fwd_ratio"] = fwd["jconv"] / fwd["autodiff"]
+    result["torch_fwd_bwd_s"] = _torch_time(shape, repeats) if torch else None
+    return result
+
+
+def run(
+    names: list[str] | None = None, repeats: int = 5, torch: bool = True, progress=print
+) -> dict[str, Any]:
+    """Runs the suite (or the named shapes) and returns the report dict."""
+    shapes = [s for s in SUITE if names is None or s.name in names]
+    peak = matmul_gflops()
+    progress(f"float32 matmul: {peak:.1f} GFLOP/s on {jax.devices()[0].device_kind}")
+    rows = []
+    for shape in shapes:
+        row = bench_shape(shape, repeats, torch, peak)
+        rows.append(row)
+        progress(
+            f"{shape.name:<22} jconv {row['jconv_fwd_bwd_s'] * 1e3:9.2f} ms  autodiff "
+            f"{row['autodiff_fwd_bwd_s'] * 1e3:9.2f} ms  ratio {row['ratio']:.2f}"
+            + (f"  torch {row['torch_fwd_bwd_s'] * 1e3:9.2f} ms" if row["torch_fwd_bwd_s"] else "")
+        )
+    ratios = [r["ratio"] for r in rows]
+    return {
+        "backend": jax.default_backend(),
+        "device": jax.devices()[0].device_kind,
+        "jax_version": jax.__version__,
+        "repeats": repeats,
+        "matmul_gflops": peak,
+        "geomean_ratio": math.exp(statistics.fmean(math.log(r) for r in ratios)),
+        "rows": rows,
+    }
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as a markdown table."""
+    lines = [
+        f"backend {report['backend']} ({report['device']}), jax {report['jax_version']}, "
+        f"median of {report['repeats']} interleaved runs; float32 matmul "
+        f"{report['matmul_gflops']:.1f} GFLOP/s",
+        "",
+        "| shape | jconv fwd+bwd ms | autodiff ms | ratio | fwd ratio | torch ms | jconv GFLOP/s "
+        "(% matmul) | compile s jconv/autodiff | temp MiB jconv/autodiff |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def mib(v):
+        return "-" if v is None else f"{v / 2**20:.1f}"
+
+    for r in report["rows"]:
+        torch_ms = "-" if r["torch_fwd_bwd_s"] is None else f"{r['torch_fwd_bwd_s'] * 1e3:.2f}"
+        lines.append(
+            f"| {r['shape']['name']} | {r['jconv_fwd_bwd_s'] * 1e3:.2f} | "
+            f"{r['autodiff_fwd_bwd_s'] * 1e3:.2f} | {r['ratio']:.2f} | {r['fwd_ratio']:.2f} | "
+            f"{torch_ms} | {r['jconv_gflops']:.1f} ({r['jconv_fraction_of_matmul']:.0%}) | "
+            f"{r['jconv_compile_s']:.2f}/{r['autodiff_compile_s']:.2f} | "
+            f"{mib(r['jconv_temp_bytes'])}/{mib(r['autodiff_temp_bytes'])} |"
+        )
+    lines += ["", f"geometric mean ratio jconv / autodiff: {report['geomean_ratio']:.2f}"]
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["shape"]["name"] for r in report["rows"]]
+    ratios = [r["ratio"] for r in report["rows"]]
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    colors = ["tab:green" if r <= 1.05 else "tab:red" for r in ratios]
+    ax.bar(range(len(names)), ratios, color=colors)
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_ylabel("fwd+bwd time, jconv / jax.grad(lax)")
+    ax.set_title(f"jconv vs autodiff on {report['device']} (geomean {report['geomean_ratio']:.2f})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(report: dict[str, Any], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bench.json").write_text(json.dumps(report, indent=1))
+    (out_dir / "bench.md").write_text(markdown(report) + "\n")
+    try:
+        plot(report, out_dir / "bench.png")
+    except ImportError:
+        pass
