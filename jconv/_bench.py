@@ -138,8 +138,10 @@ def _compile(fn, *args):
     return compiled, seconds, temp
 
 
-def _grad_fn(forward, shape: Shape, ct):
-    def loss(p, x):
+def _grad_fn(forward, shape: Shape):
+    """Gradients of ``sum(conv(x) * ct)``; ``ct`` is an argument, as in a real step."""
+
+    def loss(p, x, ct):
         return jnp.sum(forward(p, x, **shape.kwargs) * ct)
 
     return jax.grad(loss, argnums=(0, 1))
@@ -200,9 +202,9 @@ def bench_shape(shape: Shape, repeats: int, torch: bool, peak: float) -> dict[st
     result: dict[str, Any] = {"shape": dataclasses.asdict(shape)}
     grad_runners, fwd_runners = {}, {}
     for name, forward in contenders.items():
-        g, compile_s, temp = _compile(_grad_fn(forward, shape, ct), params, x)
+        g, compile_s, temp = _compile(_grad_fn(forward, shape), params, x, ct)
         f, _, _ = _compile(lambda p, x, forward=forward: forward(p, x, **shape.kwargs), params, x)
-        grad_runners[name] = _timer(g, params, x)
+        grad_runners[name] = _timer(g, params, x, ct)
         fwd_runners[name] = _timer(f, params, x)
         result[f"{name}_compile_s"] = compile_s
         result[f"{name}_temp_bytes"] = temp

@@ -60,9 +60,7 @@ def correlate(lhs, rhs, corr: Correlation, precision=None, lowering: str = "auto
 
 def _taps_pays_on_cpu(lhs_shape, rhs_shape, corr: Correlation) -> bool:
     """The "auto" rule: where the taps lowering beats XLA:CPU's convolution."""
-    x_shape = [lhs_shape[a] for a in (corr.lhs_axes[0], *corr.lhs_axes[2:], corr.lhs_axes[1])]
-    w_shape = [rhs_shape[a] for a in (*corr.rhs_axes[2:], corr.rhs_axes[1], corr.rhs_axes[0])]
-    window, outs = _taps.term_counts(x_shape, w_shape, corr)
+    window, outs = _taps.term_counts(lhs_shape, rhs_shape, corr)
     terms = min(math.prod(window), math.prod(outs))
     grouped = corr.feature_group_count > 1 or corr.batch_group_count > 1
     return terms <= MAX_TERMS and (grouped or terms == 1)

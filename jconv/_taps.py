@@ -1,29 +1,29 @@
-"""The "taps" lowering: a correlation as a short sum of strided slices times einsums.
+"""The "taps" lowering: a correlation as a short sum of strided slices times products.
 
 A correlation ``out[k] = sum_i lhs~[k ws + i rd] rhs[i]`` (per spatial dim, ``lhs~``
 the padded, dilated lhs) can be computed either
 
 - **over window taps** ``i``: ``out = sum_i slice_i(lhs~) · rhs[i]``, where
-  ``slice_i`` takes every ``ws``-th entry starting at ``i rd`` (as many as there
-  are outputs) — the seed's "slide the kernel" read literally, one term per
-  kernel entry; or
+  ``slice_i`` takes every ``ws``-th entry from ``i rd`` on (as many as there are
+  outputs) — the seed's "slide the kernel" read literally, one term per kernel
+  entry; or
 - **over output positions** ``k``: ``out[k] = sum_i slice'_k(lhs~)[i] · rhs[i]``,
-  where ``slice'_k`` takes every ``rd``-th entry starting at ``k ws`` (as many as
-  there are window taps) — one contraction per output position, which is the
-  cheap way when the *output* is small (the kernel gradient, whose output is the
-  kernel).
+  where ``slice'_k`` takes every ``rd``-th entry from ``k ws`` on (as many as
+  there are window taps) — one contraction per output position, the cheap way
+  when the *output* is small (the kernel gradient, whose output is the kernel).
 
-Each term contracts the feature axis per group with an einsum: a plain matmul
-for dense convolutions, a batched matmul for grouped ones, and an elementwise
-multiply-add for depthwise ones (where XLA:CPU's convolution is slow). The
-number of terms is the smaller of the two spatial products, so it is only used
-when that is small.
+Each term contracts the feature axis within each group: an einsum (a matmul for
+dense convolutions, a batched matmul for grouped ones), or, for depthwise ones
+where there is nothing to contract, a broadcast multiply that XLA fuses with the
+other terms into a single loop. Every array keeps its own layout (groups are
+split off in place, which is free), so no operand is transposed or copied.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import string
 
 import jax.numpy as jnp
 from jax import lax
@@ -31,116 +31,216 @@ from jax import lax
 from ._correlation import Correlation, accumulation_dtype
 
 
-def _canonical(a, axes):
-    """``a`` transposed to ``(first, *spatial, second)`` from role axes."""
-    first, second, *spatial = axes
-    return jnp.transpose(a, (first, *spatial, second))
+def term_counts(lhs_shape, rhs_shape, corr: Correlation):
+    """``(window, outputs)``: the spatial sizes of the rhs and of the result."""
+    window = tuple(rhs_shape[a] for a in corr.rhs_axes[2:])
+    outs = []
+    for axis, k, (lo, hi), d, rd, s in zip(
+        corr.lhs_axes[2:],
+        window,
+        corr.padding,
+        corr.lhs_dilation,
+        corr.rhs_dilation,
+        corr.window_strides,
+        strict=True,
+    ):
+        dilated = (lhs_shape[axis] - 1) * d + 1 + lo + hi
+        outs.append((dilated - (k - 1) * rd - 1) // s + 1)
+    return window, tuple(outs)
 
 
-def _restore(a, axes):
-    """Inverse of :func:`_canonical` for the output axes."""
-    first, second, *spatial = axes
-    perm = (first, *spatial, second)
-    inverse = [0] * len(perm)
-    for i, p in enumerate(perm):
-        inverse[p] = i
-    return jnp.transpose(a, inverse)
+def _pad(a, axes, corr: Correlation):
+    """Edge and interior (dilation) padding of ``a`` on ``axes``, explicitly."""
+    config = [(0, 0, 0)] * a.ndim
+    for axis, (lo, hi), d in zip(axes, corr.padding, corr.lhs_dilation, strict=True):
+        config[axis] = (lo, hi, d - 1)
+    if all(c == (0, 0, 0) for c in config):
+        return a
+    return lax.pad(a, jnp.zeros((), a.dtype), config)
 
 
-def _pad(lhs, corr: Correlation):
-    """``lhs~``: interior (dilation) and edge padding, explicitly (pads >= 0)."""
-    config = [(0, 0, 0)]
-    config += [(lo, hi, d - 1) for (lo, hi), d in zip(corr.padding, corr.lhs_dilation, strict=True)]
-    config += [(0, 0, 0)]
-    return lax.pad(lhs, jnp.zeros((), lhs.dtype), config)
+def _slice(a, axes, starts, counts, strides):
+    begin, limit, step = [0] * a.ndim, list(a.shape), [1] * a.ndim
+    for axis, s0, n, t in zip(axes, starts, counts, strides, strict=True):
+        begin[axis], limit[axis], step[axis] = s0, s0 + (n - 1) * t + 1, t
+    return lax.slice(a, begin, limit, step)
 
 
-def _strided(a, starts, counts, strides):
-    """``a[:, s0::t0][:n0], ...`` on the spatial axes of a canonical array."""
-    begin = (0, *starts, 0)
-    limit = (
-        a.shape[0],
-        *(s + (n - 1) * t + 1 for s, n, t in zip(starts, counts, strides, strict=True)),
-        a.shape[-1],
-    )
-    return lax.slice(a, begin, limit, (1, *strides, 1))
+def _split(a, axis: int, groups: int):
+    """``a`` with ``axis`` split into ``(groups, size // groups)`` in place (free)."""
+    return a.reshape(*a.shape[:axis], groups, a.shape[axis] // groups, *a.shape[axis + 1 :])
 
 
-def _contract(piece, rhs_piece, corr: Correlation, n_spatial_contracted: int, precision):
-    """One term: ``piece (B, *S, F) x rhs_piece (*W, I, O) -> (B', *S', O)``.
+class _Letters:
+    """Hands out einsum letters for named roles."""
 
-    ``n_spatial_contracted`` spatial axes (0 over taps, all over positions) are
-    summed together with the feature axis, per group.
-    """
-    gf, gb = corr.feature_group_count, corr.batch_group_count
-    nd = piece.ndim - 2
-    keep = "".join(chr(ord("p") + i) for i in range(nd - n_spatial_contracted))
-    summed = "".join(chr(ord("h") + i) for i in range(n_spatial_contracted))
-    b, f = piece.shape[0], piece.shape[-1]
-    o = rhs_piece.shape[-1]
-    acc = accumulation_dtype(piece.dtype)
-    if gb > 1:  # lhs batch split in gb blocks, output feature block g sees block g
-        lhs = piece.reshape(gb, b // gb, *piece.shape[1:])
-        rhs = rhs_piece.reshape(*rhs_piece.shape[:-1], gb, o // gb)
-        spec = f"gb{keep}{summed}c,{summed}cgm->b{keep}gm"
-    else:
-        g = gf
-        lhs = piece.reshape(*piece.shape[:-1], g, f // g)
-        rhs = rhs_piece.reshape(*rhs_piece.shape[:-1], g, o // g)
-        spec = f"b{keep}{summed}gc,{summed}cgm->b{keep}gm"
-    out = jnp.einsum(spec, lhs, rhs, precision=precision, preferred_element_type=acc)
-    return out.reshape(*out.shape[:-2], -1)
+    def __init__(self):
+        self.free = iter(string.ascii_letters)
+        self.named: dict[str, str] = {}
 
-
-def term_counts(x_shape, w_shape, corr: Correlation):
-    """``(window, outputs)``: spatial sizes of the rhs and of the result."""
-    window = tuple(w_shape[:-2])
-    dilated = [
-        (n - 1) * d + 1 + lo + hi
-        for n, d, (lo, hi) in zip(x_shape[1:-1], corr.lhs_dilation, corr.padding, strict=True)
-    ]
-    outs = tuple(
-        (n - (k - 1) * rd - 1) // s + 1
-        for n, k, rd, s in zip(dilated, window, corr.rhs_dilation, corr.window_strides, strict=True)
-    )
-    return window, outs
+    def __getitem__(self, role: str) -> str:
+        if role not in self.named:
+            self.named[role] = next(self.free)
+        return self.named[role]
 
 
 def taps_correlate(lhs, rhs, corr: Correlation, precision=None, by: str | None = None):
-    """The correlation ``corr``, as a sum over taps or over output positions.
+    """The correlation ``corr`` as a sum over taps or over output positions.
 
     Args:
         lhs, rhs: operands laid out as ``corr`` says; paddings must be >= 0.
         corr: the correlation.
         precision: passed to the einsums.
-        by: ``"taps"``, ``"positions"`` or ``None`` (the one with fewer terms).
+        by: ``"taps"``, ``"positions"`` or ``None`` (whichever has fewer terms).
     """
-    x = _canonical(lhs, corr.lhs_axes)  # (B, *S, F)
-    out_ax, in_ax, *w_spatial = corr.rhs_axes
-    w = jnp.transpose(rhs, (*w_spatial, in_ax, out_ax))  # (*W, I, O)
-    window, outs = term_counts(x.shape, w.shape, corr)
+    window, outs = term_counts(lhs.shape, rhs.shape, corr)
     if by is None:
         by = "taps" if math.prod(window) <= math.prod(outs) else "positions"
-    single_tap = math.prod(window) == 1 and all(s == 1 for s in corr.window_strides)
-    if single_tap and any(d > 1 for d in corr.lhs_dilation):
-        # One tap, unit stride: contract first, then place (dilate/pad) the result:
-        # no multiply-adds with the dilation's zeros.
-        out = _pad(_contract(x, w[(0,) * len(window)], corr, 0, precision), corr)
-        return _restore(out.astype(lhs.dtype), corr.out_axes)
-    xp = _pad(x, corr)
+    acc = accumulation_dtype(lhs.dtype)
+    lhs_sp, rhs_sp = corr.lhs_axes[2:], corr.rhs_axes[2:]
+    single = math.prod(window) == 1 and all(s == 1 for s in corr.window_strides)
+    if single and any(d > 1 for d in corr.lhs_dilation):
+        # One tap, unit stride: contract first, then place the result (dilate and
+        # pad): no multiply-adds with the dilation's zeros.
+        term = _term(lhs, lax.squeeze(rhs, rhs_sp), corr, (), precision, acc)
+        return _pad(term, corr.out_axes[2:], corr).astype(lhs.dtype)
+    xp = _pad(lhs, lhs_sp, corr)
     if by == "taps":
         total = None
         for tap in itertools.product(*(range(k) for k in window)):
             starts = [t * rd for t, rd in zip(tap, corr.rhs_dilation, strict=True)]
-            piece = _strided(xp, starts, outs, corr.window_strides)
-            term = _contract(piece, w[tap], corr, 0, precision)
+            piece = _slice(xp, lhs_sp, starts, outs, corr.window_strides)
+            rhs_tap = lax.squeeze(_slice(rhs, rhs_sp, tap, [1] * len(tap), [1] * len(tap)), rhs_sp)
+            term = _term(piece, rhs_tap, corr, (), precision, acc)
             total = term if total is None else total + term
-        out = total
+        return total.astype(lhs.dtype)
+    rows = []
+    for pos in itertools.product(*(range(o) for o in outs)):
+        starts = [p * s for p, s in zip(pos, corr.window_strides, strict=True)]
+        piece = _slice(xp, lhs_sp, starts, window, corr.rhs_dilation)
+        rows.append(_term(piece, rhs, corr, tuple(range(len(window))), precision, acc))
+    return _stack_positions(rows, outs, corr.out_axes).astype(lhs.dtype)
+
+
+def _term(piece, rhs, corr: Correlation, summed_spatial, precision, acc):
+    """One term, laid out in ``corr.out_axes`` order (spatial axes dropped when summed).
+
+    ``piece`` has the lhs layout; ``rhs`` has the rhs layout, without its spatial
+    axes unless ``summed_spatial`` lists them (positions mode: summed against the
+    piece's spatial axes).
+    """
+    gf, gb = corr.feature_group_count, corr.batch_group_count
+    lb, lf, *ls = corr.lhs_axes
+    ro, ri, *rs = corr.rhs_axes
+    ob, of, *os_ = corr.out_axes
+    if not summed_spatial:  # the rhs lost its spatial axes: renumber its roles
+        ro, ri = sorted((ro, ri)).index(ro), sorted((ro, ri)).index(ri)
+    letters = _Letters()
+    lhs_roles = {lb: "batch", lf: "feature"}
+    rhs_roles = {ro: "out", ri: "feature"}
+    for i, (a, b) in enumerate(zip(ls, rs, strict=True)):
+        lhs_roles[a] = f"s{i}" if not summed_spatial else f"w{i}"
+        if summed_spatial:
+            rhs_roles[b] = f"w{i}"
+    # Groups, split in place: feature groups split lhs feature and rhs out;
+    # batch groups split lhs batch and rhs out.
+    if gb > 1:
+        split_lhs, lhs_pair = lb, ("group", "batch")
     else:
-        rows = []
-        for pos in itertools.product(*(range(o) for o in outs)):
-            starts = [p * s for p, s in zip(pos, corr.window_strides, strict=True)]
-            piece = _strided(xp, starts, window, corr.rhs_dilation)
-            rows.append(_contract(piece, w, corr, len(window), precision))
-        out = jnp.stack(rows, axis=1).reshape(rows[0].shape[0], *outs, rows[0].shape[-1])
-    return _restore(out.astype(lhs.dtype), corr.out_axes)
+        split_lhs, lhs_pair = lf, ("group", "feature")
+    groups = max(gf, gb)
+    x = _split(piece, split_lhs, groups)
+    w = _split(rhs, ro, groups)
+    x_spec = _spec(lhs_roles, x.ndim, split_lhs, lhs_pair, letters)
+    w_spec = _spec(rhs_roles, w.ndim, ro, ("group", "out"), letters)
+    out_roles = {ob: ["batch"], of: ["group", "out"]}
+    if not summed_spatial:
+        for i, a in enumerate(os_):
+            out_roles[a] = [f"s{i}"]
+    out_spec = "".join(letters[r] for a in sorted(out_roles) for r in out_roles[a])
+    out = _product(x, w, x_spec, w_spec, out_spec, precision, acc)
+    position = sorted(out_roles).index(of)
+    return out.reshape(*out.shape[:position], -1, *out.shape[position + 2 :])
+
+
+def _spec(roles, ndim, split_axis, pair, letters) -> str:
+    spec = []
+    for axis in sorted(roles):
+        if axis == split_axis:
+            spec += [letters[pair[0]], letters[pair[1]]]
+        else:
+            spec.append(letters[roles[axis]])
+    assert len(spec) == ndim
+    return "".join(spec)
+
+
+def _product(x, w, x_spec, w_spec, out_spec, precision, acc):
+    """``einsum(x_spec, w_spec -> out_spec)``; a fused broadcast multiply where it pays.
+
+    A matmul needs letters that only ``x`` has *and* letters that only ``w`` has
+    (both of size > 1) besides the contracted ones. Without that (depthwise: one
+    input channel per group, or a kernel gradient that only reduces) the term is
+    a broadcast product summed over the contracted letters, which XLA fuses into
+    one loop with no temporaries, provided both operands broadcast without a
+    transpose; otherwise, and for real matmuls, ``jnp.einsum``.
+    """
+    sizes = dict(zip(x_spec, x.shape, strict=True)) | dict(zip(w_spec, w.shape, strict=True))
+    only_x = [c for c in x_spec if c not in w_spec and sizes[c] > 1]
+    only_w = [c for c in w_spec if c not in x_spec and sizes[c] > 1]
+    contracted = [c for c in x_spec if c in w_spec and c not in out_spec]
+    order = None
+    if not (only_x and only_w and any(sizes[c] > 1 for c in contracted)):
+        for candidate in (list(out_spec) + contracted, _merge(x_spec, w_spec)):
+            if candidate and _monotone(x_spec, candidate) and _monotone(w_spec, candidate):
+                order = candidate
+                break
+    if order is None:
+        return jnp.einsum(
+            f"{x_spec},{w_spec}->{out_spec}", x, w, precision=precision, preferred_element_type=acc
+        )
+    dtype = acc or x.dtype
+    prod = _broadcast(x, x_spec, order).astype(dtype) * _broadcast(w, w_spec, order).astype(dtype)
+    summed = tuple(order.index(c) for c in contracted)
+    if summed:
+        prod = jnp.sum(prod, axis=summed)
+    kept = [c for c in order if c not in contracted]
+    perm = [kept.index(c) for c in out_spec]
+    return jnp.transpose(prod, perm) if perm != sorted(perm) else prod
+
+
+def _merge(a: str, b: str) -> list[str] | None:
+    """A common supersequence of ``a`` and ``b`` keeping both orders, if one exists."""
+    out, i, j = [], 0, 0
+    while i < len(a) and j < len(b):
+        if a[i] == b[j]:
+            out.append(a[i])
+            i, j = i + 1, j + 1
+        elif a[i] not in b:
+            out.append(a[i])
+            i += 1
+        elif b[j] not in a:
+            out.append(b[j])
+            j += 1
+        else:
+            return None
+    return out + list(a[i:]) + list(b[j:])
+
+
+def _monotone(spec, order) -> bool:
+    positions = [order.index(c) for c in spec]
+    return positions == sorted(positions)
+
+
+def _broadcast(a, spec, order):
+    """``a`` reshaped (never transposed) to broadcast over the letters ``order``."""
+    return a.reshape([a.shape[spec.index(c)] if c in spec else 1 for c in order])
+
+
+def _stack_positions(rows, outs, out_axes):
+    """Stacks per-position results (out layout minus spatial) into the output."""
+    ob, of, *os_ = out_axes
+    stacked = jnp.stack(rows, axis=-1).reshape(*rows[0].shape, *outs)
+    # stacked axes: the non-spatial out axes in increasing order, then spatial.
+    current = sorted((ob, of)) + list(os_)
+    perm = [current.index(a) for a in range(len(current))]
+    return jnp.transpose(stacked, perm)

@@ -354,6 +354,15 @@ def _plot(path: Path, metrics: dict[str, Any]) -> None:
             lw=0.8,
             label="plain autodiff (jax.grad of lax)",
         )
+    if metrics["history"] and len(steps):
+        per_epoch = len(steps) / len(metrics["history"])
+        ax_loss.plot(
+            [h["epoch"] * per_epoch for h in metrics["history"]],
+            [h["loss"] for h in metrics["history"]],
+            "ko-",
+            ms=3,
+            label="epoch mean (jconv)",
+        )
     ax_loss.set(xlabel="step", ylabel="training loss", yscale="log", title="loss")
     ax_loss.legend()
     epochs = [h["epoch"] for h in metrics["history"]]
