@@ -66,6 +66,35 @@ def _slice(a, axes, starts, counts, strides):
     return lax.slice(a, begin, limit, step)
 
 
+def _padded_slice(a, axes, padding, starts, counts, strides):
+    """``_slice(pad(a), ...)`` without padding ``a``: slice the real entries, pad that.
+
+    Per axis the slice reads padded positions ``t, t + s, ..., t + (n-1) s``, i.e.
+    real positions from ``t - lo``; the ``low`` leading ones fall before the array
+    and the ``high`` trailing ones after it, and become zero padding of the slice.
+    """
+    begin, limit, step = [0] * a.ndim, list(a.shape), [1] * a.ndim
+    config = [(0, 0, 0)] * a.ndim
+    for axis, (lo, _), t, n, s in zip(axes, padding, starts, counts, strides, strict=True):
+        first, size = t - lo, a.shape[axis]
+        low = min(n, -(first // s)) if first < 0 else 0  # ceil(-first / s)
+        last = first + (n - 1) * s
+        high = min(n - low, -(-(last - (size - 1)) // s)) if last > size - 1 else 0
+        kept = n - low - high
+        if kept <= 0:
+            shape = list(a.shape)
+            for ax, cnt in zip(axes, counts, strict=True):
+                shape[ax] = cnt
+            return jnp.zeros(shape, a.dtype)
+        start = first + low * s
+        begin[axis], limit[axis], step[axis] = start, start + (kept - 1) * s + 1, s
+        config[axis] = (low, high, 0)
+    piece = lax.slice(a, begin, limit, step)
+    if any(c != (0, 0, 0) for c in config):
+        piece = lax.pad(piece, jnp.zeros((), a.dtype), config)
+    return piece
+
+
 def _split(a, axis: int, groups: int):
     """``a`` with ``axis`` split into ``(groups, size // groups)`` in place (free)."""
     return a.reshape(*a.shape[:axis], groups, a.shape[axis] // groups, *a.shape[axis + 1 :])
@@ -104,12 +133,21 @@ def taps_correlate(lhs, rhs, corr: Correlation, precision=None, by: str | None =
         # pad): no multiply-adds with the dilation's zeros.
         term = _term(lhs, lax.squeeze(rhs, rhs_sp), corr, (), precision, acc)
         return _pad(term, corr.out_axes[2:], corr).astype(lhs.dtype)
-    xp = _pad(lhs, lhs_sp, corr)
+    if any(d > 1 for d in corr.lhs_dilation):
+        xp = _pad(lhs, lhs_sp, corr)
+
+        def window_slice(starts, counts, strides):
+            return _slice(xp, lhs_sp, starts, counts, strides)
+    else:  # pad each slice, not the input: no padded copy of the lhs is kept
+
+        def window_slice(starts, counts, strides):
+            return _padded_slice(lhs, lhs_sp, corr.padding, starts, counts, strides)
+
     if by == "taps":
         total = None
         for tap in itertools.product(*(range(k) for k in window)):
             starts = [t * rd for t, rd in zip(tap, corr.rhs_dilation, strict=True)]
-            piece = _slice(xp, lhs_sp, starts, outs, corr.window_strides)
+            piece = window_slice(starts, outs, corr.window_strides)
             rhs_tap = lax.squeeze(_slice(rhs, rhs_sp, tap, [1] * len(tap), [1] * len(tap)), rhs_sp)
             term = _term(piece, rhs_tap, corr, (), precision, acc)
             total = term if total is None else total + term
@@ -117,7 +155,7 @@ def taps_correlate(lhs, rhs, corr: Correlation, precision=None, by: str | None =
     rows = []
     for pos in itertools.product(*(range(o) for o in outs)):
         starts = [p * s for p, s in zip(pos, corr.window_strides, strict=True)]
-        piece = _slice(xp, lhs_sp, starts, window, corr.rhs_dilation)
+        piece = window_slice(starts, window, corr.rhs_dilation)
         rows.append(_term(piece, rhs, corr, tuple(range(len(window))), precision, acc))
     return _stack_positions(rows, outs, corr.out_axes).astype(lhs.dtype)
 
