@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
@@ -10,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jconv
+from jconv.testing import ConvConfig
 
 # Relative tolerances (scaled by the largest magnitude of the expected array).
 TOL = {
@@ -30,57 +30,7 @@ def assert_close(actual, desired, dtype=None, err_msg=""):
     np.testing.assert_allclose(actual, desired, rtol=tol, atol=tol * scale, err_msg=err_msg)
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """One convolution: shapes and the static arguments of ``conv_forward``."""
-
-    batch: int
-    spatial: tuple[int, ...]
-    window: tuple[int, ...]
-    c_in: int
-    c_out: int
-    groups: int = 1
-    stride: object = 1
-    padding: object = "VALID"
-    dilation: object = 1
-    layout: str = "channels_last"
-    bias: bool = True
-    lowering: str = "auto"  # jconv only; the oracle is always plain lax
-
-    @property
-    def kwargs(self):
-        return dict(
-            stride=self.stride,
-            padding=self.padding,
-            dilation=self.dilation,
-            groups=self.groups,
-            layout=self.layout,
-        )
-
-    @property
-    def x_shape(self):
-        if self.layout == "channels_last":
-            return (self.batch, *self.spatial, self.c_in)
-        return (self.batch, self.c_in, *self.spatial)
-
-    @property
-    def kernel_shape(self):
-        if self.layout == "channels_last":
-            return (*self.window, self.c_in // self.groups, self.c_out)
-        return (self.c_out, self.c_in // self.groups, *self.window)
-
-    def arrays(self, dtype=jnp.float32, seed=0):
-        """``(params, x, ct)`` with ``ct`` a random cotangent of ``z``'s shape."""
-        rng = np.random.default_rng(seed)
-        params = {"kernel": jnp.asarray(rng.normal(size=self.kernel_shape), dtype)}
-        if self.bias:
-            params["bias"] = jnp.asarray(rng.normal(size=(self.c_out,)), dtype)
-        x = jnp.asarray(rng.normal(size=self.x_shape), dtype)
-        z_shape = jax.eval_shape(
-            lambda p, x: jconv.autodiff.conv_forward(p, x, **self.kwargs), params, x
-        ).shape
-        ct = jnp.asarray(rng.normal(size=z_shape), dtype)
-        return params, x, ct
+Config = ConvConfig  # the project's tests use the public configuration type
 
 
 def value_and_grads(forward, config, params, x, ct, precision="highest"):

@@ -1,12 +1,11 @@
 """The whole LeNet's gradient through jconv equals jax.grad of the lax/jnp network."""
 
-import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from jconv import autodiff, models
+from jconv.testing import assert_vjp_matches
 
 
 @pytest.mark.parametrize("input_shape", [(8, 8, 1), (28, 28, 1), (12, 10, 3)])
@@ -19,10 +18,12 @@ def test_network_gradient_equals_autodiff(input_shape):
     def loss(params, ops):
         return ops.softmax_cross_entropy(models.lenet_apply(params, x, ops=ops), y)
 
-    ours = jax.jit(jax.value_and_grad(lambda p: loss(p, models.JCONV_OPS)))(params)
-    theirs = jax.jit(jax.value_and_grad(lambda p: loss(p, autodiff)))(params)
-    np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-6)
-    chex.assert_trees_all_close(ours[1], theirs[1], rtol=2e-5, atol=1e-6)
+    report = assert_vjp_matches(
+        lambda p: loss(p, models.JCONV_OPS), lambda p: loss(p, autodiff), params, rtol=2e-5
+    )
+    paths = {e.path for e in report.entries if e.what == "vjp"}
+    leaves = ("bias", "kernel")
+    assert paths == {f"p['{layer}']['{leaf}']" for layer in params for leaf in leaves}
 
 
 def test_params_are_an_optax_pytree():
