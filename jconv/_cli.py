@@ -16,7 +16,14 @@ def _verify(args: argparse.Namespace) -> int:
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     print(f"backend: {jax.default_backend()} ({jax.devices()[0].device_kind})")
-    results, table = _verify.run(args.configs, args.seed, args.dtype, progress=not args.quiet)
+    layers = tuple(args.layers.split(","))
+    unknown = sorted(set(layers) - set(_verify.LAYERS))
+    if unknown:
+        print(f"error: unknown --layers {unknown}; choose from {_verify.LAYERS}", file=sys.stderr)
+        return 2
+    results, table = _verify.run(
+        args.configs, args.seed, args.dtype, progress=not args.quiet, layers=layers
+    )
     print(table)
     failures = [(case, errors) for case, errors, ok in results if not ok]
     for case, errors in failures:
@@ -121,9 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     verify = sub.add_parser(
         "verify", help="check jconv's rules against jax.grad of lax on random configurations"
     )
-    verify.add_argument("--configs", type=int, default=50, help="number of random configurations")
+    verify.add_argument("--configs", type=int, default=50, help="random configurations per layer")
     verify.add_argument("--seed", type=int, default=0)
     verify.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    verify.add_argument(
+        "--layers",
+        default="conv",
+        help="comma-separated layers to check: conv, dense, max_pool, avg_pool (default conv)",
+    )
     verify.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     verify.set_defaults(func=_verify)
 

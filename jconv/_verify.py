@@ -135,13 +135,113 @@ def check_case(case: Case, dtype: str, seed: int) -> dict[str, float]:
     return {name: _relative_error(mine[name], theirs[name]) for name in mine}
 
 
+@dataclasses.dataclass(frozen=True)
+class LayerCase:
+    """A random dense or pooling layer, checked with :func:`jconv.testing.vjp_report`."""
+
+    layer: str  # "dense", "max_pool" or "avg_pool"
+    x_shape: tuple[int, ...]
+    kwargs: dict[str, Any]
+
+    @property
+    def family(self) -> tuple[str, ...]:
+        if self.layer == "dense":
+            bias = "bias" if self.kwargs["bias"] else "no bias"
+            return (f"{len(self.x_shape)}-D", "-", "fc layer", bias)
+        strided = self.kwargs["stride"] is not None
+        return (
+            f"{len(self.x_shape) - 2}-D",
+            self.kwargs["layout"],
+            self.layer,
+            "strided" if strided else "stride=window",
+        )
+
+    def pasteable(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+        return f"layer={self.layer!r}, x_shape={self.x_shape}, {args}"
+
+
+def sample_layer_case(rng: np.random.Generator, layer: str) -> LayerCase:
+    """Draws a random dense layer or pooling configuration."""
+    if layer == "dense":
+        lead = tuple(int(n) for n in rng.integers(1, 5, int(rng.integers(1, 3))))
+        kwargs = dict(out=int(rng.integers(1, 9)), bias=bool(rng.integers(0, 2)))
+        return LayerCase(layer, (*lead, int(rng.integers(1, 9))), kwargs)
+    nd = int(rng.integers(1, 4))
+    window = tuple(int(w) for w in rng.integers(1, 4, nd))
+    stride = None if rng.integers(0, 2) else tuple(int(s) for s in rng.integers(1, 4, nd))
+    padding: Any = str(rng.choice(["VALID", "SAME"]))
+    if rng.integers(0, 3) == 0:
+        padding = tuple((int(rng.integers(0, w)), int(rng.integers(0, w))) for w in window)
+    spatial = tuple(int(w + rng.integers(0, 5)) for w in window)
+    layout = str(rng.choice(LAYOUTS))
+    c, n = int(rng.integers(1, 4)), int(rng.integers(1, 3))
+    x_shape = (n, *spatial, c) if layout == "channels_last" else (n, c, *spatial)
+    kwargs = dict(window=window, stride=stride, padding=padding, layout=layout)
+    return LayerCase(layer, x_shape, kwargs)
+
+
+def check_layer_case(case: LayerCase, dtype: str, seed: int) -> dict[str, float]:
+    """Max relative errors of jconv's layer against its ``jconv.autodiff`` twin."""
+    from . import _dense, _pool
+    from .testing import vjp_report
+
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.normal(size=case.x_shape), dtype)
+    if case.layer == "dense":
+        n_in, n_out = case.x_shape[-1], case.kwargs["out"]
+        params = {"kernel": jnp.asarray(rng.normal(size=(n_in, n_out)), dtype)}
+        if case.kwargs["bias"]:
+            params["bias"] = jnp.asarray(rng.normal(size=(n_out,)), dtype)
+        report = vjp_report(
+            _dense.dense_forward,
+            lambda p, x: autodiff.dense_forward(p, x, precision="highest"),
+            params,
+            x,
+            seed=seed,
+            num_cotangents=1,
+        )
+        names = {"x": "dx", "params['kernel']": "dkernel", "params['bias']": "dbias"}
+    else:
+        kw = case.kwargs
+        window = kw["window"]
+        ours = getattr(_pool, case.layer)
+        theirs = getattr(autodiff, case.layer)
+        report = vjp_report(
+            lambda x: ours(x, window, **{k: v for k, v in kw.items() if k != "window"}),
+            lambda x: theirs(x, window, **{k: v for k, v in kw.items() if k != "window"}),
+            x,
+            seed=seed,
+            num_cotangents=1,
+        )
+        names = {"x": "dx"}
+    errors = {"z": max(e.max_rel for e in report.entries if e.what == "output")}
+    for e in report.entries:
+        if e.what == "vjp":
+            key = names.get(e.path, e.path)
+            errors[key] = max(errors.get(key, 0.0), e.max_rel)
+    return errors
+
+
+LAYERS = ("conv", "dense", "max_pool", "avg_pool")
+
+
 def run(
-    configs: int, seed: int, dtype: str, progress: bool = True
-) -> tuple[list[tuple[Case, dict[str, float], bool]], str]:
-    """Checks ``configs`` random cases; returns the results and a printable table."""
+    configs: int,
+    seed: int,
+    dtype: str,
+    progress: bool = True,
+    layers: tuple[str, ...] = ("conv",),
+) -> tuple[list[tuple[Any, dict[str, float], bool]], str]:
+    """Checks ``configs`` random cases per layer; returns the results and a table."""
     tol = TOLERANCES[dtype]
     rng = np.random.default_rng(seed)
-    cases = [sample_case(rng) for _ in range(configs)]
+    cases: list[Any] = []
+    for layer in layers:
+        if layer == "conv":
+            cases += [sample_case(rng) for _ in range(configs)]
+        else:
+            cases += [sample_layer_case(rng, layer) for _ in range(configs)]
     iterator = cases
     if progress:
         try:
@@ -152,7 +252,8 @@ def run(
             pass
     results = []
     for i, case in enumerate(iterator):
-        errors = check_case(case, dtype, seed=seed * 100_003 + i)
+        check = check_case if isinstance(case, Case) else check_layer_case
+        errors = check(case, dtype, seed=seed * 100_003 + i)
         results.append((case, errors, all(e <= tol for e in errors.values())))
     return results, _table(results, dtype, tol)
 
@@ -165,7 +266,7 @@ def _table(results, dtype: str, tol: float) -> str:
         f"{'rank':<5}{'layout':<16}{'grouping':<11}{'geometry':<17}{'n':>4}"
         f"{'max rel dX':>12}{'max rel dK':>12}{'max rel dB':>12}  result"
     )
-    lines = [f"conv: jconv rules vs jax.grad(lax.conv_general_dilated), {dtype}, tol {tol:g}"]
+    lines = [f"jconv rules vs jax.grad of the lax/jnp layers, {dtype}, tol {tol:g}"]
     lines += [header, "-" * len(header)]
     for family in sorted(rows):
         entries = rows[family]

@@ -36,3 +36,16 @@ def test_python_dash_m_entry_point():
     )
     assert result.returncode == 0, result.stderr
     assert "float64, tol 1e-12" in result.stdout
+
+
+def test_verify_other_layers(capsys):
+    args = ["verify", "--configs", "3", "--layers", "dense,max_pool,avg_pool", "-q"]
+    assert _cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "fc layer" in out and "max_pool" in out and "avg_pool" in out
+    assert "9 passed, 0 failed" in out
+
+
+def test_verify_unknown_layer(capsys):
+    assert _cli.main(["verify", "--layers", "conv,lstm", "-q"]) == 2
+    assert "unknown --layers ['lstm']" in capsys.readouterr().err
