@@ -64,10 +64,11 @@ def _train(args: argparse.Namespace) -> int:
         config.validate()
         import jax
 
+        n_dev = config.devices or len(jax.local_devices())
         print(
             f"jconv train: {config.dataset}, {config.epochs} epochs, {config.optimizer} "
             f"lr={config.lr}, batch {config.batch_size}, seed {config.seed} -> {out}  "
-            f"[{jax.default_backend()}]"
+            f"[{jax.default_backend()} x {n_dev}]"
         )
         metrics = _train.train(config, out, resume=bool(args.resume), progress=not args.quiet)
     except (ValueError, _checkpoint.CheckpointError, data.IdxFormatError, ImportError) as e:
@@ -117,6 +118,7 @@ _TRAIN_KEYS = (
     "seed",
     "checkpoint_every",
     "compare_autodiff",
+    "devices",
 )
 
 
@@ -175,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
         const=True,
         default=None,
         help="also train the same network with plain autodiff and compare",
+    )
+    train.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help="data-parallel over this many local devices (default: all); the batch is split",
     )
     train.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=_train)

@@ -52,6 +52,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 1
     compare_autodiff: bool = False
+    devices: int | None = None  # data-parallel devices (None: all local devices)
 
     def validate(self) -> None:
         if self.dataset not in ("digits", "idx"):
@@ -67,6 +68,15 @@ class TrainConfig:
             raise ValueError("--checkpoint-every must be >= 0 (0: only at the end)")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"--lr must be a positive number, got {self.lr}")
+        available = len(jax.local_devices())
+        n = available if self.devices is None else self.devices
+        if not 1 <= n <= available:
+            raise ValueError(f"--devices must be between 1 and {available}, got {self.devices}")
+        if self.batch_size % n:
+            raise ValueError(
+                f"--batch-size {self.batch_size} is not divisible by the {n} devices the "
+                f"batch is split over; use a multiple of {n} or --devices"
+            )
 
 
 def load_data(config: TrainConfig):
@@ -98,16 +108,38 @@ def make_functions(optimizer: optax.GradientTransformation, ops: Any):
     return jax.jit(step, donate_argnums=(0, 1)), jax.jit(grad_fn), jax.jit(predict)
 
 
-def accuracy(predict, params, x: np.ndarray, y: np.ndarray) -> float:
+class DataParallel:
+    """A 1-D device mesh: params replicated, batches split along axis ``"data"``.
+
+    With one device this is the plain single-device program.
+    """
+
+    def __init__(self, n_devices: int | None = None):
+        devices = jax.local_devices()
+        self.n = len(devices) if n_devices is None else n_devices
+        self.mesh = jax.sharding.Mesh(np.array(devices[: self.n]), ("data",))
+        self._replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        self._split = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data"))
+
+    def replicate(self, tree):
+        return jax.device_put(tree, self._replicated)
+
+    def shard(self, batch):
+        return jax.device_put(batch, self._split)
+
+
+def accuracy(predict, params, x: np.ndarray, y: np.ndarray, dp: DataParallel) -> float:
     """Accuracy in fixed-size batches (the last one padded) so nothing recompiles."""
-    batch = min(EVAL_BATCH, len(x))
+    batch = -(-min(EVAL_BATCH, len(x)) // dp.n) * dp.n
     correct = 0
     for start in range(0, len(x), batch):
         xb = x[start : start + batch]
         n = len(xb)
         if n < batch:
             xb = np.concatenate([xb, np.zeros((batch - n, *xb.shape[1:]), xb.dtype)])
-        correct += int(np.sum(np.asarray(predict(params, xb))[:n] == y[start : start + n]))
+        correct += int(
+            np.sum(np.asarray(predict(params, dp.shard(xb)))[:n] == y[start : start + n])
+        )
     return correct / len(x)
 
 
@@ -178,6 +210,7 @@ def train(
         params = models.lenet_init(jax.random.key(config.seed), x_tr.shape[1:], num_classes)
         return {"params": params, "opt_state": optimizer.init(params)}
 
+    dp = DataParallel(config.devices)
     state = fresh_state()
     rng = np.random.default_rng(config.seed)
     epoch, global_step, history, step_losses = 0, 0, [], []
@@ -189,6 +222,7 @@ def train(
         epoch, global_step = meta["epoch"], meta["step"]
         history, step_losses, compare = meta["history"], meta["step_losses"], meta["compare"]
         log(f"resumed {out_dir / CHECKPOINT} at epoch {epoch} (step {global_step})")
+    state = dp.replicate(state)
     if config.compare_autodiff:
         # The same network in plain lax/jnp: jconv.autodiff has the same layer names.
         auto_step, auto_grads, _ = make_functions(optimizer, autodiff)
@@ -210,7 +244,7 @@ def train(
         t0, epoch_losses = time.perf_counter(), []
         for b in range(steps_per_epoch):
             idx = order[b * config.batch_size : (b + 1) * config.batch_size]
-            xb, yb = x_tr[idx], y_tr[idx]
+            xb, yb = dp.shard(x_tr[idx]), dp.shard(y_tr[idx])
             if config.compare_autodiff:
                 # Rule check at identical params, before this step's update.
                 _, g_auto = auto_grads(state["params"], xb, yb)
@@ -246,14 +280,14 @@ def train(
         record = {
             "epoch": epoch,
             "loss": float(np.mean(epoch_losses)),
-            "train_accuracy": accuracy(predict, state["params"], x_tr, y_tr),
-            "test_accuracy": accuracy(predict, state["params"], x_te, y_te),
+            "train_accuracy": accuracy(predict, state["params"], x_tr, y_tr, dp),
+            "test_accuracy": accuracy(predict, state["params"], x_te, y_te, dp),
             "images_per_sec": steps_per_epoch * config.batch_size / seconds,
             "seconds": seconds,
         }
         if config.compare_autodiff:
             record["autodiff_test_accuracy"] = accuracy(
-                predict, state["auto"]["params"], x_te, y_te
+                predict, state["auto"]["params"], x_te, y_te, dp
             )
         history.append(record)
         log(
@@ -316,7 +350,7 @@ def _write_metrics(out_dir, config, history, step_losses, compare, t_start, stat
         "step_losses": step_losses,
         "wall_time_seconds": time.perf_counter() - t_start,
         "jax_backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
+        "devices": [str(d) for d in jax.local_devices()[: config.devices or None]],
         "jax_version": jax.__version__,
     }
     if compare:
