@@ -25,77 +25,48 @@ import numpy as np
 
 from . import autodiff
 from ._conv import conv_forward
+from .testing._config import ConvConfig
 
 
 @dataclasses.dataclass(frozen=True)
 class Shape:
-    """One benchmark convolution (N, spatial, channels, window and arguments)."""
+    """A named benchmark convolution."""
 
     name: str
-    batch: int
-    spatial: tuple[int, ...]
-    c_in: int
-    c_out: int
-    window: tuple[int, ...]
-    stride: int = 1
-    padding: Any = "SAME"
-    dilation: int = 1
-    groups: int = 1
-    layout: str = "channels_last"
-
-    @property
-    def kwargs(self) -> dict[str, Any]:
-        return dict(
-            stride=self.stride,
-            padding=self.padding,
-            dilation=self.dilation,
-            groups=self.groups,
-            layout=self.layout,
-        )
-
-    def arrays(self, seed: int = 0):
-        rng = np.random.default_rng(seed)
-        if self.layout == "channels_last":
-            x_shape = (self.batch, *self.spatial, self.c_in)
-            k_shape = (*self.window, self.c_in // self.groups, self.c_out)
-        else:
-            x_shape = (self.batch, self.c_in, *self.spatial)
-            k_shape = (self.c_out, self.c_in // self.groups, *self.window)
-        params = {
-            "kernel": jnp.asarray(rng.normal(size=k_shape) * 0.1, jnp.float32),
-            "bias": jnp.asarray(rng.normal(size=(self.c_out,)), jnp.float32),
-        }
-        x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
-        z = jax.eval_shape(lambda p, x: conv_forward(p, x, **self.kwargs), params, x)
-        ct = jnp.asarray(rng.normal(size=z.shape), jnp.float32)
-        return params, x, ct, z.shape
+    config: ConvConfig
 
     def forward_flops(self, z_shape) -> float:
         """``2 N prod(out) C_out (C_in / groups) prod(window)``."""
-        out_spatial = z_shape[1:-1] if self.layout == "channels_last" else z_shape[2:]
+        c = self.config
+        out_spatial = z_shape[1:-1] if c.layout == "channels_last" else z_shape[2:]
         return (
             2.0
-            * self.batch
+            * c.batch
             * math.prod(out_spatial)
-            * self.c_out
-            * (self.c_in // self.groups)
-            * math.prod(self.window)
+            * c.c_out
+            * (c.c_in // c.groups)
+            * math.prod(c.window)
         )
 
 
+def _shape(name, batch, spatial, c_in, c_out, window, **kwargs) -> Shape:
+    kwargs.setdefault("padding", "SAME")
+    return Shape(name, ConvConfig(batch, spatial, window, c_in, c_out, **kwargs))
+
+
 SUITE = [
-    Shape("resnet50-3x3-56", 8, (56, 56), 64, 64, (3, 3)),
-    Shape("resnet50-1x1-expand", 8, (56, 56), 64, 256, (1, 1), padding="VALID"),
-    Shape("resnet50-1x1-stride2", 8, (56, 56), 256, 128, (1, 1), stride=2, padding="VALID"),
-    Shape("resnet50-3x3-14", 8, (14, 14), 256, 256, (3, 3)),
-    Shape("resnet-stem-7x7-s2", 8, (224, 224), 3, 64, (7, 7), stride=2, padding=3),
-    Shape("googlenet-5x5", 8, (28, 28), 192, 32, (5, 5)),
-    Shape("mobilenet-dw-28", 8, (28, 28), 256, 256, (3, 3), groups=256),
-    Shape("mobilenet-dw-14", 8, (14, 14), 512, 512, (3, 3), groups=512),
-    Shape("mobilenet-dw-s2-112", 4, (112, 112), 64, 64, (3, 3), stride=2, groups=64),
-    Shape("lenet-5x5", 64, (28, 28), 1, 6, (5, 5), padding="VALID"),
-    Shape("1d-dilated-k3", 8, (8000,), 64, 64, (3,), dilation=4),
-    Shape("nchw-3x3-28", 8, (28, 28), 128, 128, (3, 3), layout="channels_first"),
+    _shape("resnet50-3x3-56", 8, (56, 56), 64, 64, (3, 3)),
+    _shape("resnet50-1x1-expand", 8, (56, 56), 64, 256, (1, 1), padding="VALID"),
+    _shape("resnet50-1x1-stride2", 8, (56, 56), 256, 128, (1, 1), stride=2, padding="VALID"),
+    _shape("resnet50-3x3-14", 8, (14, 14), 256, 256, (3, 3)),
+    _shape("resnet-stem-7x7-s2", 8, (224, 224), 3, 64, (7, 7), stride=2, padding=3),
+    _shape("googlenet-5x5", 8, (28, 28), 192, 32, (5, 5)),
+    _shape("mobilenet-dw-28", 8, (28, 28), 256, 256, (3, 3), groups=256),
+    _shape("mobilenet-dw-14", 8, (14, 14), 512, 512, (3, 3), groups=512),
+    _shape("mobilenet-dw-s2-112", 4, (112, 112), 64, 64, (3, 3), stride=2, groups=64),
+    _shape("lenet-5x5", 64, (28, 28), 1, 6, (5, 5), padding="VALID"),
+    _shape("1d-dilated-k3", 8, (8000,), 64, 64, (3,), dilation=4),
+    _shape("nchw-3x3-28", 8, (28, 28), 128, 128, (3, 3), layout="channels_first"),
 ]
 
 
@@ -142,17 +113,18 @@ def _grad_fn(forward, shape: Shape):
     """Gradients of ``sum(conv(x) * ct)``; ``ct`` is an argument, as in a real step."""
 
     def loss(p, x, ct):
-        return jnp.sum(forward(p, x, **shape.kwargs) * ct)
+        return jnp.sum(forward(p, x, **shape.config.kwargs) * ct)
 
     return jax.grad(loss, argnums=(0, 1))
 
 
-def _torch_time(shape: Shape, repeats: int) -> float | None:
+def _torch_time(named: Shape, repeats: int) -> float | None:
     try:
         import torch
     except ImportError:
         return None
     torch.manual_seed(0)
+    shape = named.config
     nd = len(shape.spatial)
     conv = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d}.get(nd)
     if conv is None:
@@ -194,16 +166,19 @@ def _torch_time(shape: Shape, repeats: int) -> float | None:
 
 
 def bench_shape(shape: Shape, repeats: int, torch: bool, peak: float) -> dict[str, Any]:
-    params, x, ct, z_shape = shape.arrays()
+    params, x, ct = shape.config.arrays()
+    z_shape = ct.shape
     contenders = {
         "jconv": conv_forward,
         "autodiff": autodiff.conv_forward,
     }
-    result: dict[str, Any] = {"shape": dataclasses.asdict(shape)}
+    result: dict[str, Any] = {"shape": {"name": shape.name, **dataclasses.asdict(shape.config)}}
     grad_runners, fwd_runners = {}, {}
     for name, forward in contenders.items():
         g, compile_s, temp = _compile(_grad_fn(forward, shape), params, x, ct)
-        f, _, _ = _compile(lambda p, x, forward=forward: forward(p, x, **shape.kwargs), params, x)
+        f, _, _ = _compile(
+            lambda p, x, forward=forward: forward(p, x, **shape.config.kwargs), params, x
+        )
         grad_runners[name] = _timer(g, params, x, ct)
         fwd_runners[name] = _timer(f, params, x)
         result[f"{name}_compile_s"] = compile_s

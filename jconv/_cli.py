@@ -28,7 +28,7 @@ def _verify(args: argparse.Namespace) -> int:
     failures = [(case, errors) for case, errors, ok in results if not ok]
     for case, errors in failures:
         worst = ", ".join(f"{k}={v:.2e}" for k, v in errors.items())
-        print(f"FAILED: {case.pasteable()}  ({worst})")
+        print(f"FAILED: {case!r}  ({worst})")
     return 1 if failures else 0
 
 

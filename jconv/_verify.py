@@ -18,85 +18,38 @@ import numpy as np
 from . import autodiff
 from ._conv import conv_forward
 from ._spec import LAYOUTS
+from .testing._config import ConvConfig, sample_config
 
 # Relative tolerance (error / largest magnitude of the reference) per dtype.
 TOLERANCES = {"float32": 1e-5, "float64": 1e-12}
 
 
-@dataclasses.dataclass(frozen=True)
-class Case:
-    """One random convolution: shapes, bias and the static arguments."""
-
-    x_shape: tuple[int, ...]
-    kernel_shape: tuple[int, ...]
-    bias: bool
-    kwargs: dict[str, Any]
-
-    @property
-    def family(self) -> tuple[str, ...]:
-        """``(rank, layout, grouping, geometry)`` for the summary table."""
-        kw = self.kwargs
-        nd = len(self.kernel_shape) - 2
-        c_in = self.x_shape[-1] if kw["layout"] == "channels_last" else self.x_shape[1]
-        if kw["groups"] == 1:
-            grouping = "dense"
-        elif kw["groups"] == c_in:
-            grouping = "depthwise"
-        else:
-            grouping = "grouped"
-        strided = any(s > 1 for s in kw["stride"])
-        dilated = any(d > 1 for d in kw["dilation"])
-        geometry = {
-            (False, False): "plain",
-            (True, False): "strided",
-            (False, True): "dilated",
-            (True, True): "strided+dilated",
-        }
-        return (f"{nd}-D", kw["layout"], grouping, geometry[strided, dilated])
-
-    def pasteable(self) -> str:
-        """A line to paste into a test."""
-        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
-        return f"x_shape={self.x_shape}, kernel_shape={self.kernel_shape}, bias={self.bias}, {args}"
-
-
-def sample_case(rng: np.random.Generator, ranks=(1, 2, 3), layouts=LAYOUTS) -> Case:
-    """Draws one valid configuration (small shapes, every argument form)."""
-    nd = int(rng.choice(ranks))
-    layout = str(rng.choice(layouts))
-    kind = rng.choice(["dense", "grouped", "depthwise", "depthwise_mult"])
-    if kind == "dense":
-        groups, c_in, c_out = 1, int(rng.integers(1, 5)), int(rng.integers(1, 5))
-    elif kind == "grouped":
-        groups = int(rng.integers(2, 4))
-        c_in, c_out = groups * int(rng.integers(1, 3)), groups * int(rng.integers(1, 3))
+def conv_family(config: ConvConfig) -> tuple[str, ...]:
+    """``(rank, layout, grouping, geometry)`` of a convolution, for the table."""
+    nd = len(config.window)
+    if config.groups == 1:
+        grouping = "dense"
+    elif config.groups == config.c_in:
+        grouping = "depthwise"
     else:
-        groups = c_in = int(rng.integers(1, 5))
-        c_out = c_in * (1 if kind == "depthwise" else int(rng.integers(2, 4)))
-    window = tuple(int(w) for w in rng.integers(1, 4, nd))
-    stride = tuple(int(s) for s in rng.integers(1, 4, nd))
-    dilation = tuple(int(d) for d in rng.integers(1, 3, nd))
-    padding_kind = rng.choice(["VALID", "SAME", "SAME_LOWER", "int", "pairs"])
-    if padding_kind == "int":
-        padding: Any = int(rng.integers(0, 4))
-        pads = [(padding, padding)] * nd
-    elif padding_kind == "pairs":
-        padding = tuple((int(rng.integers(0, 4)), int(rng.integers(0, 4))) for _ in range(nd))
-        pads = list(padding)
-    else:
-        padding, pads = str(padding_kind), [(0, 0)] * nd
-    limit = {1: 12, 2: 8, 3: 5}[nd]
-    spatial = []
-    for w, d, (lo, hi) in zip(window, dilation, pads, strict=True):
-        smallest = max(1, (w - 1) * d + 1 - lo - hi)
-        spatial.append(int(rng.integers(smallest, max(smallest, limit) + 1)))
-    batch = int(rng.integers(1, 4))
-    if layout == "channels_last":
-        x_shape, k_shape = (batch, *spatial, c_in), (*window, c_in // groups, c_out)
-    else:
-        x_shape, k_shape = (batch, c_in, *spatial), (c_out, c_in // groups, *window)
-    kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, layout=layout)
-    return Case(x_shape, k_shape, bool(rng.integers(0, 2)), kwargs)
+        grouping = "grouped"
+    strided = any(s > 1 for s in np.atleast_1d(config.stride))
+    dilated = any(d > 1 for d in np.atleast_1d(config.dilation))
+    geometry = {
+        (False, False): "plain",
+        (True, False): "strided",
+        (False, True): "dilated",
+        (True, True): "strided+dilated",
+    }
+    return (f"{nd}-D", config.layout, grouping, geometry[strided, dilated])
+
+
+def sample_case(rng: np.random.Generator) -> ConvConfig:
+    """One random convolution, from the sampler behind the hypothesis strategy."""
+    return sample_config(
+        lambda lo, hi: int(rng.integers(lo, hi + 1)),
+        lambda seq: seq[int(rng.integers(len(seq)))],
+    )
 
 
 def _relative_error(actual, expected) -> float:
@@ -107,16 +60,9 @@ def _relative_error(actual, expected) -> float:
     return float(np.max(diff, initial=0.0)) / scale
 
 
-def check_case(case: Case, dtype: str, seed: int) -> dict[str, float]:
+def check_case(case: ConvConfig, dtype: str, seed: int) -> dict[str, float]:
     """Max relative error of ``z``, ``dx``, ``dkernel`` (and ``dbias``) vs lax autodiff."""
-    rng = np.random.default_rng(seed)
-    params = {"kernel": jnp.asarray(rng.normal(size=case.kernel_shape), dtype)}
-    if case.bias:
-        c_out_axis = -1 if case.kwargs["layout"] == "channels_last" else 0
-        params["bias"] = jnp.asarray(rng.normal(size=case.kernel_shape[c_out_axis]), dtype)
-    x = jnp.asarray(rng.normal(size=case.x_shape), dtype)
-    z_shape = jax.eval_shape(lambda p, x: conv_forward(p, x, **case.kwargs), params, x).shape
-    ct = jnp.asarray(rng.normal(size=z_shape), dtype)
+    params, x, ct = case.arrays(dtype, seed)
 
     def grads(forward, **extra):
         def loss(p, x):
@@ -130,7 +76,7 @@ def check_case(case: Case, dtype: str, seed: int) -> dict[str, float]:
             out["dbias"] = gp["bias"]
         return out
 
-    mine = grads(conv_forward)
+    mine = grads(conv_forward, lowering=case.lowering)
     theirs = grads(autodiff.conv_forward, pre_pad="auto")
     return {name: _relative_error(mine[name], theirs[name]) for name in mine}
 
@@ -155,10 +101,6 @@ class LayerCase:
             self.layer,
             "strided" if strided else "stride=window",
         )
-
-    def pasteable(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
-        return f"layer={self.layer!r}, x_shape={self.x_shape}, {args}"
 
 
 def sample_layer_case(rng: np.random.Generator, layer: str) -> LayerCase:
@@ -252,7 +194,7 @@ def run(
             pass
     results = []
     for i, case in enumerate(iterator):
-        check = check_case if isinstance(case, Case) else check_layer_case
+        check = check_case if isinstance(case, ConvConfig) else check_layer_case
         errors = check(case, dtype, seed=seed * 100_003 + i)
         results.append((case, errors, all(e <= tol for e in errors.values())))
     return results, _table(results, dtype, tol)
@@ -261,7 +203,8 @@ def run(
 def _table(results, dtype: str, tol: float) -> str:
     rows: dict[tuple, list] = defaultdict(list)
     for case, errors, ok in results:
-        rows[case.family].append((errors, ok))
+        family = conv_family(case) if isinstance(case, ConvConfig) else case.family
+        rows[family].append((errors, ok))
     header = (
         f"{'rank':<5}{'layout':<16}{'grouping':<11}{'geometry':<17}{'n':>4}"
         f"{'max rel dX':>12}{'max rel dK':>12}{'max rel dB':>12}  result"

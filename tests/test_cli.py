@@ -24,7 +24,7 @@ def test_verify_fails_on_a_wrong_rule_and_prints_a_pasteable_config(monkeypatch,
     monkeypatch.setattr(_verify, "conv_forward", wrong)
     assert _cli.main(["verify", "--configs", "2", "--quiet"]) == 1
     out = capsys.readouterr().out
-    assert "FAIL" in out and "FAILED: x_shape=" in out and "0 passed, 2 failed" in out
+    assert "FAIL" in out and "FAILED: ConvConfig(" in out and "0 passed, 2 failed" in out
 
 
 def test_python_dash_m_entry_point():
