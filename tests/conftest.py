@@ -11,7 +11,7 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 settings.register_profile(
     "ci",
-    max_examples=30,
+    max_examples=20,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
     derandomize=True,
