@@ -19,9 +19,7 @@ from . import autodiff
 from ._conv import conv_forward
 from ._spec import LAYOUTS
 from .testing._config import ConvConfig, sample_config
-
-# Relative tolerance (error / largest magnitude of the reference) per dtype.
-TOLERANCES = {"float32": 1e-5, "float64": 1e-12}
+from .testing._vjp import default_tolerance
 
 
 def conv_family(config: ConvConfig) -> tuple[str, ...]:
@@ -176,7 +174,7 @@ def run(
     layers: tuple[str, ...] = ("conv",),
 ) -> tuple[list[tuple[Any, dict[str, float], bool]], str]:
     """Checks ``configs`` random cases per layer; returns the results and a table."""
-    tol = TOLERANCES[dtype]
+    tol = default_tolerance(dtype)
     rng = np.random.default_rng(seed)
     cases: list[Any] = []
     for layer in layers:
