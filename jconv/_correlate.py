@@ -25,6 +25,8 @@ from ._correlation import Correlation, accumulation_dtype
 
 # The taps lowering unrolls one einsum per term; beyond this many it stays XLA's.
 MAX_TERMS = 64
+# Dense kernel gradients use taps on CPU while one forward input entry is this small.
+MAX_ENTRY_BYTES = 1 << 20
 
 
 def correlate(lhs, rhs, corr: Correlation, precision=None, lowering: str = "auto"):
@@ -37,7 +39,8 @@ def correlate(lhs, rhs, corr: Correlation, precision=None, lowering: str = "auto
         lowering: ``"xla"`` (``lax.conv_general_dilated``), ``"taps"`` (strided
             slices times einsums, ``_taps.py``) or ``"auto"``: on CPU, taps for
             grouped/depthwise correlations and single-tap (1x1) ones, where XLA:CPU's
-            convolution is slow; XLA's convolution (cuDNN on GPU) everywhere else.
+            convolution is slow, and dense kernel gradients of cache-sized
+            images; XLA's convolution (cuDNN on GPU) everywhere else.
 
     Returns:
         The result, in ``lhs``'s dtype.
@@ -53,17 +56,29 @@ def correlate(lhs, rhs, corr: Correlation, precision=None, lowering: str = "auto
         return xla(lhs, rhs)
     if lowering == "taps":
         return taps(lhs, rhs)
-    if not _taps_pays_on_cpu(lhs.shape, rhs.shape, corr):
+    if not _taps_pays_on_cpu(lhs.shape, rhs.shape, corr, lhs.dtype.itemsize):
         return xla(lhs, rhs)
     return lax.platform_dependent(lhs, rhs, cpu=taps, default=xla)
 
 
-def _taps_pays_on_cpu(lhs_shape, rhs_shape, corr: Correlation) -> bool:
-    """The "auto" rule: where the taps lowering beats XLA:CPU's convolution."""
+def _taps_pays_on_cpu(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) -> bool:
+    """The "auto" rule: where the taps lowering beats XLA:CPU's convolution.
+
+    Measured with ``jconv bench`` (``experiments/README.md``): grouped and
+    depthwise correlations and single-term (1x1) ones always; dense ones when
+    their output is small (the kernel gradient: positions mode, an im2col matmul
+    per batch chunk), as long as one lhs feature entry (one image of the forward
+    input) stays cache-sized; with larger entries the chunks lose to XLA.
+    """
     window, outs = _taps.term_counts(lhs_shape, rhs_shape, corr)
     terms = min(math.prod(window), math.prod(outs))
+    if terms > MAX_TERMS:
+        return False
     grouped = corr.feature_group_count > 1 or corr.batch_group_count > 1
-    return terms <= MAX_TERMS and (grouped or terms == 1)
+    if grouped or terms == 1:
+        return True
+    entry_bytes = math.prod(lhs_shape) // lhs_shape[corr.lhs_axes[1]] * itemsize
+    return math.prod(outs) < math.prod(window) and entry_bytes <= MAX_ENTRY_BYTES
 
 
 def _hazard_free_xla_conv(lhs, rhs, corr: Correlation, precision=None):

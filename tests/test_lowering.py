@@ -1,11 +1,15 @@
 """Which lowering runs where, and the benchmark's plumbing."""
 
+import math
+
+import helpers
 import jax
 import jax.numpy as jnp
 import pytest
+from helpers import Config
 
 import jconv
-from jconv import _bench
+from jconv import _bench, _correlate, _taps
 
 
 def _hlo(platform, groups, window, lowering="auto"):
@@ -32,11 +36,64 @@ def test_depthwise_uses_taps_on_cpu_and_convolutions_on_gpu_and_tpu():
         assert convs == 2 and dots == 0, platform  # dx and dk: cuDNN/XLA convolutions
 
 
-def test_dense_3x3_stays_xla_everywhere_and_1x1_is_a_matmul_on_cpu():
+def test_dense_3x3_kernel_gradient_is_a_matmul_on_cpu_only():
+    # dx stays XLA's convolution; dk (9 positions, cache-sized images) is the
+    # chunked im2col matmul on CPU and a convolution on GPU and TPU.
+    convs, dots = _hlo("cpu", groups=1, window=(3, 3))
+    assert convs == 1 and dots > 0
+    for platform in ("cuda", "tpu"):
+        assert _hlo(platform, groups=1, window=(3, 3)) == (2, 0), platform
+
+
+def test_dense_kernel_gradient_of_large_images_stays_xla(monkeypatch):
+    monkeypatch.setattr(_correlate, "MAX_ENTRY_BYTES", 10 * 10 * 8 * 4 - 1)  # < one image
     assert _hlo("cpu", groups=1, window=(3, 3)) == (2, 0)
+
+
+def test_1x1_is_a_matmul_on_cpu():
     convs, dots = _hlo("cpu", groups=1, window=(1, 1))
     assert convs == 0 and dots == 2
     assert _hlo("cuda", groups=1, window=(1, 1))[0] == 2
+
+
+# Kernel gradients whose input outgrows CHUNK_BYTES are summed over batch chunks in
+# a loop; shrink the budget so small configurations take that path.
+CHUNKED = [
+    Config(6, (7, 6), (3, 3), 4, 6, padding="SAME", lowering="taps"),  # stacked im2col
+    Config(6, (6, 6), (3, 3), 1, 3, lowering="taps"),  # one channel: per position
+    Config(5, (9,), (3,), 4, 4, groups=4, stride=2, padding=1, lowering="taps"),  # prime N
+    Config(
+        4,
+        (5, 6),
+        (2, 3),
+        6,
+        4,
+        groups=2,
+        dilation=(2, 1),
+        layout="channels_first",
+        lowering="taps",
+    ),
+]
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("config", CHUNKED, ids=str)
+def test_chunked_kernel_gradient_matches_lax(config, dtype, monkeypatch):
+    per_image = math.prod(config.x_shape[1:]) * jnp.dtype(dtype).itemsize
+    monkeypatch.setattr(_taps, "CHUNK_BYTES", 2 * per_image)
+    helpers._compiled.cache_clear()  # compile afresh under the small budget
+    params, x, _ = config.arrays(dtype)
+    z = jconv.conv_forward(params, x, **config.kwargs)
+    jaxpr = str(
+        jax.make_jaxpr(
+            lambda x, dz: jconv.conv_grad_kernel(
+                x, dz, params["kernel"].shape, **config.kwargs, lowering="taps"
+            )
+        )(x, z)
+    )
+    assert "while" in jaxpr or "scan" in jaxpr  # the chunk loop is really there
+    helpers.check_against_lax(config, dtype)
+    helpers._compiled.cache_clear()
 
 
 @pytest.mark.parametrize("lowering, expect_convs", [("xla", True), ("taps", False)])
