@@ -65,20 +65,24 @@ def _taps_pays_on_cpu(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) ->
     """The "auto" rule: where the taps lowering beats XLA:CPU's convolution.
 
     Measured with ``jconv bench`` (``experiments/README.md``): grouped and
-    depthwise correlations and single-term (1x1) ones always; dense ones when
+    depthwise correlations, single-term (1x1) ones and those with one input
+    feature (a fused broadcast product, as for depthwise) always; dense ones when
     their output is small (the kernel gradient: positions mode, an im2col matmul
     per batch chunk), as long as one lhs feature entry (one image of the forward
-    input) stays cache-sized; with larger entries the chunks lose to XLA.
+    input) stays cache-sized, since with larger entries the chunks lose to XLA;
+    and thin ones (scatter mode: a stem's or LeNet's input gradient).
     """
     window, outs = _taps.term_counts(lhs_shape, rhs_shape, corr)
     terms = min(math.prod(window), math.prod(outs))
     if terms > MAX_TERMS:
         return False
     grouped = corr.feature_group_count > 1 or corr.batch_group_count > 1
-    if grouped or terms == 1:
+    one_feature = lhs_shape[corr.lhs_axes[1]] == corr.feature_group_count  # nothing to contract
+    if grouped or one_feature or terms == 1:
         return True
+    mode = _taps.choose_mode(lhs_shape, rhs_shape, corr)
     entry_bytes = math.prod(lhs_shape) // lhs_shape[corr.lhs_axes[1]] * itemsize
-    return math.prod(outs) < math.prod(window) and entry_bytes <= MAX_ENTRY_BYTES
+    return mode == "scatter" or (mode == "positions" and entry_bytes <= MAX_ENTRY_BYTES)
 
 
 def _hazard_free_xla_conv(lhs, rhs, corr: Correlation, precision=None):

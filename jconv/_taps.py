@@ -85,23 +85,180 @@ class _Letters:
 
 
 def taps_correlate(lhs, rhs, corr: Correlation, precision=None, by: str | None = None):
-    """The correlation ``corr`` as a sum over taps or over output positions.
+    """The correlation ``corr`` as a sum over taps, over output positions, or scattered.
 
     Args:
         lhs, rhs: operands laid out as ``corr`` says; paddings must be >= 0.
         corr: the correlation.
         precision: passed to the einsums.
-        by: ``"taps"``, ``"positions"`` or ``None`` (whichever has fewer terms).
+        by: ``"taps"``, ``"positions"``, ``"scatter"`` or ``None`` (:func:`choose_mode`).
     """
     window, outs = term_counts(lhs.shape, rhs.shape, corr)
-    if by is None:
-        by = "taps" if math.prod(window) <= math.prod(outs) else "positions"
+    by = by or choose_mode(lhs.shape, rhs.shape, corr)
+    if by == "scatter":
+        out = _scatter_sum(lhs, rhs, corr, precision, window, outs)
+        return out.astype(lhs.dtype)
     chunk = _contraction_chunk(lhs, corr) if by == "positions" else None
     if chunk is None:
         out = _sum_of_terms(lhs, rhs, corr, precision, by, window, outs)
     else:
         out = _chunked_sum(lhs, rhs, corr, precision, by, window, outs, chunk)
     return out.astype(lhs.dtype)
+
+
+def choose_mode(lhs_shape, rhs_shape, corr: Correlation) -> str:
+    """Which sum :func:`taps_correlate` computes.
+
+    ``"positions"`` when the output has fewer positions than the window has taps
+    (the kernel gradient); ``"scatter"`` for an ungrouped, unit-stride correlation
+    with at most :data:`THIN` output features, at most half its input features
+    (an image's channels: the input gradient of a stem or of LeNet's first layer),
+    where one matmul per tap would be a thin product re-reading the whole lhs;
+    ``"taps"`` otherwise.
+    """
+    window, outs = term_counts(lhs_shape, rhs_shape, corr)
+    if math.prod(outs) < math.prod(window):
+        return "positions"
+    dense = corr.feature_group_count == corr.batch_group_count == 1
+    unit = all(s == 1 for s in corr.window_strides)
+    f_out, f_in = rhs_shape[corr.rhs_axes[0]], lhs_shape[corr.lhs_axes[1]]
+    if dense and unit and math.prod(window) > 1 and f_out <= THIN and 2 * f_out <= f_in:
+        return "scatter"
+    return "taps"
+
+
+# Output features up to which a correlation counts as thin (see choose_mode).
+THIN = 4
+
+
+def _scatter_sum(lhs, rhs, corr: Correlation, precision, window, outs):
+    """``out = sum_i slice_i(pad(lhs · rhs[i]))``: multiply first, then shift and add.
+
+    Padding, dilating and slicing act on spatial axes and the product contracts
+    features, so they commute: ``slice_i(lhs~) · rhs[i] = slice_i((lhs · rhs[i])~)``.
+    All taps' products come from one matmul of the (unpadded, undilated) lhs with
+    the taps side by side on the out-feature axis, so the lhs is read once instead
+    of once per tap; the shifted sum is one fused loop over the output. This is
+    the col2im half of im2col, and what a transposed (strided) convolution is.
+    """
+    acc = accumulation_dtype(lhs.dtype)
+    rhs_sp = corr.rhs_axes[2:]
+    ro = corr.rhs_axes[0]
+    taps = list(itertools.product(*(range(k) for k in window)))
+    kernels = [
+        lax.squeeze(_slice(rhs, rhs_sp, t, [1] * len(t), [1] * len(t)), rhs_sp) for t in taps
+    ]
+    ro_squeezed = sorted(corr.rhs_axes[:2]).index(ro)
+    all_taps = jnp.concatenate(kernels, ro_squeezed)
+    features = rhs.shape[ro]
+
+    def scatter(lhs):
+        products = _term(lhs, all_taps, corr, (), precision, acc)
+        per_tap = {
+            tap: lax.slice_in_dim(products, i * features, (i + 1) * features, axis=corr.out_axes[1])
+            for i, tap in enumerate(taps)
+        }
+        if all(d == 1 for d in corr.lhs_dilation):
+            return _shifted_sum(per_tap, corr, outs)
+        return _phased_sum(per_tap, corr, outs)
+
+    # The products are len(taps) times the lhs's spatial size: computed and
+    # consumed a batch chunk at a time they stay in cache and never exist whole.
+    spatial = math.prod(lhs.shape[a] for a in corr.lhs_axes[2:])
+    entry_bytes = spatial * all_taps.shape[ro_squeezed] * jnp.dtype(acc or lhs.dtype).itemsize
+    chunk = _divisor_within(lhs.shape[0], SCATTER_BYTES // entry_bytes)
+    if corr.lhs_axes[0] != 0 or corr.out_axes[0] != 0 or chunk == lhs.shape[0]:
+        return scatter(lhs)
+    parts = lhs.reshape(lhs.shape[0] // chunk, chunk, *lhs.shape[1:])
+    out = lax.map(scatter, parts)
+    return out.reshape(-1, *out.shape[2:])
+
+
+# The scatter mode's products are computed this many bytes (a batch chunk) at a time.
+SCATTER_BYTES = 1 << 23
+
+
+def _divisor_within(size: int, most: int) -> int:
+    """The largest divisor of ``size`` that is at most ``most`` (at least 1)."""
+    return max(d for d in range(1, max(1, min(size, most)) + 1) if size % d == 0)
+
+
+def _shifted_sum(per_tap, corr: Correlation, outs):
+    """``sum_i slice_i(pad(y_i))`` (no dilation): one fused loop over the output."""
+    out_sp, total = corr.out_axes[2:], None
+    for tap, y in per_tap.items():
+        starts = [t * rd for t, rd in zip(tap, corr.rhs_dilation, strict=True)]
+        term = _slice(_pad(y, out_sp, corr), out_sp, starts, outs, corr.window_strides)
+        total = term if total is None else total + term
+    return total
+
+
+def _phased_sum(per_tap, corr: Correlation, outs):
+    """:func:`_shifted_sum` with ``lhs_dilation`` d, split into d phases per dim.
+
+    Output ``k`` reads the dilated, padded ``y_i`` at ``k + i rd - lo``, a real
+    entry only when that is a multiple of d: entry ``(k + i rd - lo) / d``. For
+    ``k = p + d m`` (phase ``p``) that is ``m + (p + i rd - lo) / d``: within a
+    phase each contributing tap is a plain shift of ``y_i``, with no zeros
+    multiplied or added. The phases are then interleaved (``k = p + d m``).
+    Worked case (1-D, d = 2, rd = 1, lo = 1, 2 taps): phase 0 gets tap 1 at
+    shift 0, phase 1 gets tap 0 at shift 0.
+    """
+    out_sp = corr.out_axes[2:]
+    dil = corr.lhs_dilation
+    counts = [-(-o // d) for o, d in zip(outs, dil, strict=True)]  # per phase, padded
+    some = next(iter(per_tap.values()))
+    phases = {}
+    for phase in itertools.product(*(range(d) for d in dil)):
+        total = None
+        for tap, y in per_tap.items():
+            shifts = []
+            for p, t, rd, (lo, _), d in zip(
+                phase, tap, corr.rhs_dilation, corr.padding, dil, strict=True
+            ):
+                offset = p + t * rd - lo
+                if offset % d:
+                    break
+                shifts.append(offset // d)
+            else:
+                term = _shifted_window(y, out_sp, shifts, counts)
+                total = term if total is None else total + term
+        if total is None:  # no tap lands on this phase: zeros
+            shape = list(some.shape)
+            for a, n in zip(out_sp, counts, strict=True):
+                shape[a] = n
+            total = jnp.zeros(shape, some.dtype)
+        phases[phase] = total
+    return _interleave(phases, out_sp, dil, outs)
+
+
+def _shifted_window(y, axes, shifts, counts):
+    """``y[shift : shift + count]`` per axis, zero where that leaves ``y``."""
+    config = [(0, 0, 0)] * y.ndim
+    for a, s, n in zip(axes, shifts, counts, strict=True):
+        config[a] = (-s, s + n - y.shape[a], 0)  # lax.pad crops on negative padding
+    return lax.pad(y, jnp.zeros((), y.dtype), config)
+
+
+def _interleave(phases, axes, dil, outs):
+    """``out[p + d m] = phases[p][m]`` per axis, cropped to ``outs``."""
+    arrays = dict(phases)
+    for level in reversed(range(len(axes))):  # merge the last phase index first
+        a, d = axes[level], dil[level]
+        merged = {}
+        for key in {k[:level] for k in arrays}:
+            parts = [arrays[(*key, p)] for p in range(d)]
+            stacked = jnp.stack(parts, axis=a + 1)
+            shape = list(parts[0].shape)
+            shape[a] *= d
+            merged[key] = stacked.reshape(shape)
+        arrays = merged
+    out = arrays[()]
+    return lax.slice(
+        out,
+        [0] * out.ndim,
+        [outs[axes.index(a)] if a in axes else n for a, n in enumerate(out.shape)],
+    )
 
 
 # A positions-mode term reduces the whole lhs; past this many bytes the lhs is
@@ -123,8 +280,7 @@ def _contraction_chunk(lhs, corr: Correlation) -> int | None:
     per_entry = lhs.size // size * lhs.dtype.itemsize
     if size == 1 or lhs.size * lhs.dtype.itemsize <= CHUNK_BYTES:
         return None
-    fits = max(1, CHUNK_BYTES // per_entry)
-    return max(d for d in range(1, min(size, fits) + 1) if size % d == 0)
+    return _divisor_within(size, CHUNK_BYTES // per_entry)
 
 
 def _chunked_sum(lhs, rhs, corr: Correlation, precision, by, window, outs, chunk):

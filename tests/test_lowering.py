@@ -1,5 +1,6 @@
 """Which lowering runs where, and the benchmark's plumbing."""
 
+import dataclasses
 import math
 
 import helpers
@@ -7,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 from helpers import Config
+from test_equivalence import GRID
 
 import jconv
 from jconv import _bench, _correlate, _taps
@@ -120,3 +122,28 @@ def test_bench_smoke(tmp_path):
     _bench.write(report, tmp_path)
     assert "| lenet-5x5 |" in (tmp_path / "bench.md").read_text()
     assert (tmp_path / "bench.json").exists() and (tmp_path / "bench.png").exists()
+
+
+# Every mode of the taps lowering on a spread of the core grid (in the grid itself
+# "taps" picks one mode per correlation, so some modes would go unexercised).
+MODE_GRID = GRID[::8]
+
+
+def test_mode_grid_has_strided_dense_configs():
+    strided = [c for c in MODE_GRID if c.groups == 1 and max(jnp.atleast_1d(c.stride)) > 1]
+    assert len(strided) >= 2  # their input gradients are lhs-dilated: phased scatter
+
+
+@pytest.mark.parametrize("mode", ["taps", "positions", "scatter"])
+@pytest.mark.parametrize("config", MODE_GRID, ids=str)
+def test_every_taps_mode_matches_lax(config, mode, monkeypatch):
+    choose = _taps.choose_mode
+
+    def forced(lhs_shape, rhs_shape, corr):
+        dense = corr.feature_group_count == corr.batch_group_count == 1
+        return mode if mode != "scatter" or dense else choose(lhs_shape, rhs_shape, corr)
+
+    monkeypatch.setattr(_taps, "choose_mode", forced)
+    helpers._compiled.cache_clear()
+    helpers.check_against_lax(dataclasses.replace(config, lowering="taps"), jnp.float32)
+    helpers._compiled.cache_clear()
