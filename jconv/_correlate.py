@@ -68,8 +68,9 @@ def _taps_pays_on_cpu(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) ->
     depthwise correlations, single-term (1x1) ones and those with one input
     feature (a fused broadcast product, as for depthwise) always; dense ones when
     their output is small (the kernel gradient: positions mode, an im2col matmul
-    per batch chunk), as long as one lhs feature entry (one image of the forward
-    input) stays cache-sized, since with larger entries the chunks lose to XLA;
+    per batch chunk) of fewer than 128 input channels, as long as one lhs feature
+    entry (one image of the forward input) stays cache-sized: with larger entries
+    the chunks lose to XLA, and with wider channels XLA's matmuls are as good;
     and thin ones (scatter mode: a stem's or LeNet's input gradient).
     """
     window, outs = _taps.term_counts(lhs_shape, rhs_shape, corr)
@@ -82,7 +83,8 @@ def _taps_pays_on_cpu(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) ->
         return True
     mode = _taps.choose_mode(lhs_shape, rhs_shape, corr)
     entry_bytes = math.prod(lhs_shape) // lhs_shape[corr.lhs_axes[1]] * itemsize
-    return mode == "scatter" or (mode == "positions" and entry_bytes <= MAX_ENTRY_BYTES)
+    thin = lhs_shape[corr.lhs_axes[0]] < _taps.STACKED_CHANNELS  # the matmuls are thin
+    return mode == "scatter" or (mode == "positions" and thin and entry_bytes <= MAX_ENTRY_BYTES)
 
 
 def _hazard_free_xla_conv(lhs, rhs, corr: Correlation, precision=None):

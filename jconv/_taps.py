@@ -95,10 +95,13 @@ def taps_correlate(lhs, rhs, corr: Correlation, precision=None, by: str | None =
     """
     window, outs = term_counts(lhs.shape, rhs.shape, corr)
     by = by or choose_mode(lhs.shape, rhs.shape, corr)
+    if by == "scatter" and any(d > 1 for d in corr.lhs_dilation):
+        # The phases below assume unit window strides (true of every input gradient).
+        by = "taps" if any(s > 1 for s in corr.window_strides) else by
     if by == "scatter":
         out = _scatter_sum(lhs, rhs, corr, precision, window, outs)
         return out.astype(lhs.dtype)
-    chunk = _contraction_chunk(lhs, corr) if by == "positions" else None
+    chunk = _contraction_chunk(lhs, corr, math.prod(outs)) if by == "positions" else None
     if chunk is None:
         out = _sum_of_terms(lhs, rhs, corr, precision, by, window, outs)
     else:
@@ -113,17 +116,21 @@ def choose_mode(lhs_shape, rhs_shape, corr: Correlation) -> str:
     (the kernel gradient); ``"scatter"`` for an ungrouped, unit-stride correlation
     with at most :data:`THIN` output features, at most half its input features
     (an image's channels: the input gradient of a stem or of LeNet's first layer),
-    where one matmul per tap would be a thin product re-reading the whole lhs;
-    ``"taps"`` otherwise.
+    where one matmul per tap would be a thin product re-reading the whole lhs, and
+    for a depthwise correlation with a dilated lhs (a strided depthwise input
+    gradient), which then never multiplies the dilation's zeros; ``"taps"``
+    otherwise.
     """
     window, outs = term_counts(lhs_shape, rhs_shape, corr)
     if math.prod(outs) < math.prod(window):
         return "positions"
-    dense = corr.feature_group_count == corr.batch_group_count == 1
-    unit = all(s == 1 for s in corr.window_strides)
+    if math.prod(window) == 1 or any(s > 1 for s in corr.window_strides):
+        return "taps"
     f_out, f_in = rhs_shape[corr.rhs_axes[0]], lhs_shape[corr.lhs_axes[1]]
-    if dense and unit and math.prod(window) > 1 and f_out <= THIN and 2 * f_out <= f_in:
+    if _dense(corr) and f_out <= THIN and 2 * f_out <= f_in:
         return "scatter"
+    if f_in == corr.feature_group_count and any(d > 1 for d in corr.lhs_dilation):
+        return "scatter"  # depthwise, dilated: no products with the dilation's zeros
     return "taps"
 
 
@@ -143,29 +150,40 @@ def _scatter_sum(lhs, rhs, corr: Correlation, precision, window, outs):
     """
     acc = accumulation_dtype(lhs.dtype)
     rhs_sp = corr.rhs_axes[2:]
-    ro = corr.rhs_axes[0]
     taps = list(itertools.product(*(range(k) for k in window)))
     kernels = [
         lax.squeeze(_slice(rhs, rhs_sp, t, [1] * len(t), [1] * len(t)), rhs_sp) for t in taps
     ]
-    ro_squeezed = sorted(corr.rhs_axes[:2]).index(ro)
-    all_taps = jnp.concatenate(kernels, ro_squeezed)
-    features = rhs.shape[ro]
 
-    def scatter(lhs):
-        products = _term(lhs, all_taps, corr, (), precision, acc)
-        per_tap = {
-            tap: lax.slice_in_dim(products, i * features, (i + 1) * features, axis=corr.out_axes[1])
-            for i, tap in enumerate(taps)
-        }
+    def place(per_tap):
         if all(d == 1 for d in corr.lhs_dilation):
             return _shifted_sum(per_tap, corr, outs)
         return _phased_sum(per_tap, corr, outs)
 
+    if not _dense(corr):
+        # Grouped: one term per tap (for depthwise, broadcast products that XLA
+        # fuses into the loops of the sum, so none is materialised).
+        return place(
+            {t: _term(lhs, k, corr, (), precision, acc) for t, k in zip(taps, kernels, strict=True)}
+        )
+    ro = sorted(corr.rhs_axes[:2]).index(corr.rhs_axes[0])
+    all_taps = jnp.concatenate(kernels, ro)
+    features = rhs.shape[corr.rhs_axes[0]]
+
+    def scatter(lhs):
+        products = _term(lhs, all_taps, corr, (), precision, acc)
+        of = corr.out_axes[1]
+        return place(
+            {
+                tap: lax.slice_in_dim(products, i * features, (i + 1) * features, axis=of)
+                for i, tap in enumerate(taps)
+            }
+        )
+
     # The products are len(taps) times the lhs's spatial size: computed and
     # consumed a batch chunk at a time they stay in cache and never exist whole.
     spatial = math.prod(lhs.shape[a] for a in corr.lhs_axes[2:])
-    entry_bytes = spatial * all_taps.shape[ro_squeezed] * jnp.dtype(acc or lhs.dtype).itemsize
+    entry_bytes = spatial * all_taps.shape[ro] * jnp.dtype(acc or lhs.dtype).itemsize
     chunk = _divisor_within(lhs.shape[0], SCATTER_BYTES // entry_bytes)
     if corr.lhs_axes[0] != 0 or corr.out_axes[0] != 0 or chunk == lhs.shape[0]:
         return scatter(lhs)
@@ -174,8 +192,12 @@ def _scatter_sum(lhs, rhs, corr: Correlation, precision, window, outs):
     return out.reshape(-1, *out.shape[2:])
 
 
+def _dense(corr: Correlation) -> bool:
+    return corr.feature_group_count == corr.batch_group_count == 1
+
+
 # The scatter mode's products are computed this many bytes (a batch chunk) at a time.
-SCATTER_BYTES = 1 << 23
+SCATTER_BYTES = 1 << 20
 
 
 def _divisor_within(size: int, most: int) -> int:
@@ -267,7 +289,7 @@ def _interleave(phases, axes, dil, outs):
 CHUNK_BYTES = 1 << 19
 
 
-def _contraction_chunk(lhs, corr: Correlation) -> int | None:
+def _contraction_chunk(lhs, corr: Correlation, positions: int) -> int | None:
     """Chunk size along the lhs feature axis, or ``None`` to contract it in one go.
 
     Only ungrouped-feature correlations are cut (the kernel gradient: its lhs
@@ -278,8 +300,8 @@ def _contraction_chunk(lhs, corr: Correlation) -> int | None:
         return None
     size = lhs.shape[corr.lhs_axes[1]]
     per_entry = lhs.size // size * lhs.dtype.itemsize
-    if size == 1 or lhs.size * lhs.dtype.itemsize <= CHUNK_BYTES:
-        return None
+    if size == 1 or lhs.size * lhs.dtype.itemsize <= CHUNK_BYTES or positions == 1:
+        return None  # (one position reads the lhs once: nothing to keep in cache)
     return _divisor_within(size, CHUNK_BYTES // per_entry)
 
 
@@ -333,17 +355,28 @@ def _sum_of_terms(lhs, rhs, corr: Correlation, precision, by, window, outs):
         pieces.append(_slice(xp, lhs_sp, starts, window, corr.rhs_dilation))
     summed = tuple(range(len(window)))
     if _stacks(xp, corr, len(pieces)):
-        # One matmul for all positions: the pieces side by side on the lhs batch
-        # axis (im2col), then the positions split back off the output batch axis.
+        # Matmuls over many positions at once: the pieces side by side on the lhs
+        # batch axis (im2col, in groups of at most STACK_BYTES), then the
+        # positions split back off the output batch axis.
         lb, ob = corr.lhs_axes[0], corr.out_axes[0]
-        term = _term(jnp.concatenate(pieces, axis=lb), rhs, corr, summed, precision, acc)
         axis = sorted(corr.out_axes[:2]).index(ob)
-        term = term.reshape(*term.shape[:axis], len(pieces), -1, *term.shape[axis + 1 :])
-        stacked = jnp.moveaxis(term, axis, -1)
+        size = pieces[0].size * pieces[0].dtype.itemsize
+        per_group = max(1, STACK_BYTES // size)
+        parts = []
+        for first in range(0, len(pieces), per_group):
+            group = pieces[first : first + per_group]
+            term = _term(jnp.concatenate(group, axis=lb), rhs, corr, summed, precision, acc)
+            term = term.reshape(*term.shape[:axis], len(group), -1, *term.shape[axis + 1 :])
+            parts.append(jnp.moveaxis(term, axis, -1))
+        stacked = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
     else:
         rows = [_term(piece, rhs, corr, summed, precision, acc) for piece in pieces]
         stacked = jnp.stack(rows, axis=-1)
     return _place_positions(stacked, outs, corr.out_axes)
+
+
+# Positions mode stacks pieces for one matmul up to this many bytes at a time.
+STACK_BYTES = 1 << 22
 
 
 def _stacks(xp, corr: Correlation, positions: int) -> bool:
@@ -356,8 +389,11 @@ def _stacks(xp, corr: Correlation, positions: int) -> bool:
     saves. Dense correlations only: the stack would cut across the groups.
     """
     channels = xp.shape[corr.lhs_axes[0]]
-    dense = corr.feature_group_count == corr.batch_group_count == 1
-    return dense and positions > 1 and 1 < channels < 128
+    return _dense(corr) and positions > 1 and 1 < channels < STACKED_CHANNELS
+
+
+# Positions mode stacks (im2col) below this many lhs batch entries (see _stacks).
+STACKED_CHANNELS = 128
 
 
 def _term(piece, rhs, corr: Correlation, summed_spatial, precision, acc):
