@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from . import _taps
+from . import _taps, _terms
 from ._correlation import Correlation, accumulation_dtype
 
 # The taps lowering unrolls one einsum per term; beyond this many it stays XLA's.
@@ -73,7 +73,7 @@ def _taps_pays_on_cpu(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) ->
     the chunks lose to XLA, and with wider channels XLA's matmuls are as good;
     and thin ones (scatter mode: a stem's or LeNet's input gradient).
     """
-    window, outs = _taps.term_counts(lhs_shape, rhs_shape, corr)
+    window, outs = _terms.term_counts(lhs_shape, rhs_shape, corr)
     terms = min(math.prod(window), math.prod(outs))
     if terms > MAX_TERMS:
         return False

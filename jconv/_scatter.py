@@ -1,0 +1,159 @@
+"""The taps lowering's scatter mode: multiply first, then shift and add.
+
+``out = sum_i slice_i(pad(lhs)) · rhs[i]`` is also ``sum_i slice_i(pad(lhs · rhs[i]))``
+(padding, dilation and slicing act on spatial axes, the product on features).
+Computing the products first reads the lhs once instead of once per tap, and with
+a dilated lhs (a strided convolution's input gradient) the sum splits into
+phases that never touch the dilation's zeros. This is the col2im half of im2col,
+and what a transposed convolution is.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import jax.numpy as jnp
+from jax import lax
+
+from ._correlation import Correlation, accumulation_dtype
+from ._terms import dense, divisor_within, pad, term, window_slice
+
+# Output features up to which a correlation counts as thin (see choose_mode).
+THIN = 4
+
+
+def scatter_sum(lhs, rhs, corr: Correlation, precision, window, outs):
+    """``out = sum_i slice_i(pad(lhs · rhs[i]))``: multiply first, then shift and add.
+
+    Padding, dilating and slicing act on spatial axes and the product contracts
+    features, so they commute: ``slice_i(lhs~) · rhs[i] = slice_i((lhs · rhs[i])~)``.
+    All taps' products come from one matmul of the (unpadded, undilated) lhs with
+    the taps side by side on the out-feature axis, so the lhs is read once instead
+    of once per tap; the shifted sum is one fused loop over the output. This is
+    the col2im half of im2col, and what a transposed (strided) convolution is.
+    """
+    acc = accumulation_dtype(lhs.dtype)
+    rhs_sp = corr.rhs_axes[2:]
+    taps = list(itertools.product(*(range(k) for k in window)))
+    kernels = [
+        lax.squeeze(window_slice(rhs, rhs_sp, t, [1] * len(t), [1] * len(t)), rhs_sp) for t in taps
+    ]
+
+    def place(per_tap):
+        if all(d == 1 for d in corr.lhs_dilation):
+            return _shifted_sum(per_tap, corr, outs)
+        return _phased_sum(per_tap, corr, outs)
+
+    if not dense(corr):
+        # Grouped: one term per tap (for depthwise, broadcast products that XLA
+        # fuses into the loops of the sum, so none is materialised).
+        return place(
+            {t: term(lhs, k, corr, (), precision, acc) for t, k in zip(taps, kernels, strict=True)}
+        )
+    ro = sorted(corr.rhs_axes[:2]).index(corr.rhs_axes[0])
+    all_taps = jnp.concatenate(kernels, ro)
+    features = rhs.shape[corr.rhs_axes[0]]
+
+    def scatter(lhs):
+        products = term(lhs, all_taps, corr, (), precision, acc)
+        of = corr.out_axes[1]
+        return place(
+            {
+                tap: lax.slice_in_dim(products, i * features, (i + 1) * features, axis=of)
+                for i, tap in enumerate(taps)
+            }
+        )
+
+    # The products are len(taps) times the lhs's spatial size: computed and
+    # consumed a batch chunk at a time they stay in cache and never exist whole.
+    spatial = math.prod(lhs.shape[a] for a in corr.lhs_axes[2:])
+    entry_bytes = spatial * all_taps.shape[ro] * jnp.dtype(acc or lhs.dtype).itemsize
+    chunk = divisor_within(lhs.shape[0], SCATTER_BYTES // entry_bytes)
+    if corr.lhs_axes[0] != 0 or corr.out_axes[0] != 0 or chunk == lhs.shape[0]:
+        return scatter(lhs)
+    parts = lhs.reshape(lhs.shape[0] // chunk, chunk, *lhs.shape[1:])
+    out = lax.map(scatter, parts)
+    return out.reshape(-1, *out.shape[2:])
+
+
+# The scatter mode's products are computed this many bytes (a batch chunk) at a time.
+SCATTER_BYTES = 1 << 20
+
+
+def _shifted_sum(per_tap, corr: Correlation, outs):
+    """``sum_i slice_i(pad(y_i))`` (no dilation): one fused loop over the output."""
+    out_sp, total = corr.out_axes[2:], None
+    for tap, y in per_tap.items():
+        starts = [t * rd for t, rd in zip(tap, corr.rhs_dilation, strict=True)]
+        part = window_slice(pad(y, out_sp, corr), out_sp, starts, outs, corr.window_strides)
+        total = part if total is None else total + part
+    return total
+
+
+def _phased_sum(per_tap, corr: Correlation, outs):
+    """:func:`_shifted_sum` with ``lhs_dilation`` d, split into d phases per dim.
+
+    Output ``k`` reads the dilated, padded ``y_i`` at ``k + i rd - lo``, a real
+    entry only when that is a multiple of d: entry ``(k + i rd - lo) / d``. For
+    ``k = p + d m`` (phase ``p``) that is ``m + (p + i rd - lo) / d``: within a
+    phase each contributing tap is a plain shift of ``y_i``, with no zeros
+    multiplied or added. The phases are then interleaved (``k = p + d m``).
+    Worked case (1-D, d = 2, rd = 1, lo = 1, 2 taps): phase 0 gets tap 1 at
+    shift 0, phase 1 gets tap 0 at shift 0.
+    """
+    out_sp = corr.out_axes[2:]
+    dil = corr.lhs_dilation
+    counts = [-(-o // d) for o, d in zip(outs, dil, strict=True)]  # per phase, padded
+    some = next(iter(per_tap.values()))
+    phases = {}
+    for phase in itertools.product(*(range(d) for d in dil)):
+        total = None
+        for tap, y in per_tap.items():
+            shifts = []
+            for p, t, rd, (lo, _), d in zip(
+                phase, tap, corr.rhs_dilation, corr.padding, dil, strict=True
+            ):
+                offset = p + t * rd - lo
+                if offset % d:
+                    break
+                shifts.append(offset // d)
+            else:
+                part = _shifted_window(y, out_sp, shifts, counts)
+                total = part if total is None else total + part
+        if total is None:  # no tap lands on this phase: zeros
+            shape = list(some.shape)
+            for a, n in zip(out_sp, counts, strict=True):
+                shape[a] = n
+            total = jnp.zeros(shape, some.dtype)
+        phases[phase] = total
+    return _interleave(phases, out_sp, dil, outs)
+
+
+def _shifted_window(y, axes, shifts, counts):
+    """``y[shift : shift + count]`` per axis, zero where that leaves ``y``."""
+    config = [(0, 0, 0)] * y.ndim
+    for a, s, n in zip(axes, shifts, counts, strict=True):
+        config[a] = (-s, s + n - y.shape[a], 0)  # lax.pad crops on negative padding
+    return lax.pad(y, jnp.zeros((), y.dtype), config)
+
+
+def _interleave(phases, axes, dil, outs):
+    """``out[p + d m] = phases[p][m]`` per axis, cropped to ``outs``."""
+    arrays = dict(phases)
+    for level in reversed(range(len(axes))):  # merge the last phase index first
+        a, d = axes[level], dil[level]
+        merged = {}
+        for key in {k[:level] for k in arrays}:
+            parts = [arrays[(*key, p)] for p in range(d)]
+            stacked = jnp.stack(parts, axis=a + 1)
+            shape = list(parts[0].shape)
+            shape[a] *= d
+            merged[key] = stacked.reshape(shape)
+        arrays = merged
+    out = arrays[()]
+    return lax.slice(
+        out,
+        [0] * out.ndim,
+        [outs[axes.index(a)] if a in axes else n for a, n in enumerate(out.shape)],
+    )

@@ -1,0 +1,194 @@
+"""One term of a correlation, and the slicing it reads: the taps lowering's parts.
+
+A term contracts one strided slice of the (padded, dilated) lhs with the rhs
+over the feature axis within each group. :func:`term` does that as an einsum (a
+matmul for dense correlations, a batched matmul for grouped ones) or, where there
+is nothing to contract (depthwise), as a broadcast product that XLA fuses with
+the surrounding terms into one loop. Every array keeps its own layout: groups are
+split off in place, which is free, so no operand is transposed or copied.
+"""
+
+from __future__ import annotations
+
+import string
+
+import jax.numpy as jnp
+from jax import lax
+
+from ._correlation import Correlation
+
+
+def term_counts(lhs_shape, rhs_shape, corr: Correlation):
+    """``(window, outputs)``: the spatial sizes of the rhs and of the result."""
+    window = tuple(rhs_shape[a] for a in corr.rhs_axes[2:])
+    outs = []
+    for axis, k, (lo, hi), d, rd, s in zip(
+        corr.lhs_axes[2:],
+        window,
+        corr.padding,
+        corr.lhs_dilation,
+        corr.rhs_dilation,
+        corr.window_strides,
+        strict=True,
+    ):
+        dilated = (lhs_shape[axis] - 1) * d + 1 + lo + hi
+        outs.append((dilated - (k - 1) * rd - 1) // s + 1)
+    return window, tuple(outs)
+
+
+def pad(a, axes, corr: Correlation):
+    """Edge and interior (dilation) padding of ``a`` on ``axes``, explicitly."""
+    config = [(0, 0, 0)] * a.ndim
+    for axis, (lo, hi), d in zip(axes, corr.padding, corr.lhs_dilation, strict=True):
+        config[axis] = (lo, hi, d - 1)
+    if all(c == (0, 0, 0) for c in config):
+        return a
+    return lax.pad(a, jnp.zeros((), a.dtype), config)
+
+
+def window_slice(a, axes, starts, counts, strides):
+    begin, limit, step = [0] * a.ndim, list(a.shape), [1] * a.ndim
+    for axis, s0, n, t in zip(axes, starts, counts, strides, strict=True):
+        begin[axis], limit[axis], step[axis] = s0, s0 + (n - 1) * t + 1, t
+    return lax.slice(a, begin, limit, step)
+
+
+def _split(a, axis: int, groups: int):
+    """``a`` with ``axis`` split into ``(groups, size // groups)`` in place (free)."""
+    return a.reshape(*a.shape[:axis], groups, a.shape[axis] // groups, *a.shape[axis + 1 :])
+
+
+class _Letters:
+    """Hands out einsum letters for named roles."""
+
+    def __init__(self):
+        self.free = iter(string.ascii_letters)
+        self.named: dict[str, str] = {}
+
+    def __getitem__(self, role: str) -> str:
+        if role not in self.named:
+            self.named[role] = next(self.free)
+        return self.named[role]
+
+
+def dense(corr: Correlation) -> bool:
+    return corr.feature_group_count == corr.batch_group_count == 1
+
+
+def divisor_within(size: int, most: int) -> int:
+    """The largest divisor of ``size`` that is at most ``most`` (at least 1)."""
+    return max(d for d in range(1, max(1, min(size, most)) + 1) if size % d == 0)
+
+
+def term(piece, rhs, corr: Correlation, summed_spatial, precision, acc):
+    """One term, laid out in ``corr.out_axes`` order (spatial axes dropped when summed).
+
+    ``piece`` has the lhs layout; ``rhs`` has the rhs layout, without its spatial
+    axes unless ``summed_spatial`` lists them (positions mode: summed against the
+    piece's spatial axes).
+    """
+    gf, gb = corr.feature_group_count, corr.batch_group_count
+    lb, lf, *ls = corr.lhs_axes
+    ro, ri, *rs = corr.rhs_axes
+    ob, of, *os_ = corr.out_axes
+    if not summed_spatial:  # the rhs lost its spatial axes: renumber its roles
+        ro, ri = sorted((ro, ri)).index(ro), sorted((ro, ri)).index(ri)
+    letters = _Letters()
+    lhs_roles = {lb: "batch", lf: "feature"}
+    rhs_roles = {ro: "out", ri: "feature"}
+    for i, (a, b) in enumerate(zip(ls, rs, strict=True)):
+        lhs_roles[a] = f"s{i}" if not summed_spatial else f"w{i}"
+        if summed_spatial:
+            rhs_roles[b] = f"w{i}"
+    # Groups, split in place: feature groups split lhs feature and rhs out;
+    # batch groups split lhs batch and rhs out.
+    if gb > 1:
+        split_lhs, lhs_pair = lb, ("group", "batch")
+    else:
+        split_lhs, lhs_pair = lf, ("group", "feature")
+    groups = max(gf, gb)
+    x = _split(piece, split_lhs, groups)
+    w = _split(rhs, ro, groups)
+    x_spec = _spec(lhs_roles, x.ndim, split_lhs, lhs_pair, letters)
+    w_spec = _spec(rhs_roles, w.ndim, ro, ("group", "out"), letters)
+    out_roles = {ob: ["batch"], of: ["group", "out"]}
+    if not summed_spatial:
+        for i, a in enumerate(os_):
+            out_roles[a] = [f"s{i}"]
+    out_spec = "".join(letters[r] for a in sorted(out_roles) for r in out_roles[a])
+    out = _product(x, w, x_spec, w_spec, out_spec, precision, acc)
+    position = sorted(out_roles).index(of)
+    return out.reshape(*out.shape[:position], -1, *out.shape[position + 2 :])
+
+
+def _spec(roles, ndim, split_axis, pair, letters) -> str:
+    spec = []
+    for axis in sorted(roles):
+        if axis == split_axis:
+            spec += [letters[pair[0]], letters[pair[1]]]
+        else:
+            spec.append(letters[roles[axis]])
+    assert len(spec) == ndim
+    return "".join(spec)
+
+
+def _product(x, w, x_spec, w_spec, out_spec, precision, acc):
+    """``einsum(x_spec, w_spec -> out_spec)``; a fused broadcast multiply where it pays.
+
+    A matmul needs letters that only ``x`` has *and* letters that only ``w`` has
+    (both of size > 1) besides the contracted ones. Without that (depthwise: one
+    input channel per group, or a kernel gradient that only reduces) the term is
+    a broadcast product summed over the contracted letters, which XLA fuses into
+    one loop with no temporaries, provided both operands broadcast without a
+    transpose; otherwise, and for real matmuls, ``jnp.einsum``.
+    """
+    sizes = dict(zip(x_spec, x.shape, strict=True)) | dict(zip(w_spec, w.shape, strict=True))
+    only_x = [c for c in x_spec if c not in w_spec and sizes[c] > 1]
+    only_w = [c for c in w_spec if c not in x_spec and sizes[c] > 1]
+    contracted = [c for c in x_spec if c in w_spec and c not in out_spec]
+    order = None
+    if not (only_x and only_w and any(sizes[c] > 1 for c in contracted)):
+        for candidate in (list(out_spec) + contracted, _merge(x_spec, w_spec)):
+            if candidate and _monotone(x_spec, candidate) and _monotone(w_spec, candidate):
+                order = candidate
+                break
+    if order is None:
+        return jnp.einsum(
+            f"{x_spec},{w_spec}->{out_spec}", x, w, precision=precision, preferred_element_type=acc
+        )
+    dtype = acc or x.dtype
+    prod = _broadcast(x, x_spec, order).astype(dtype) * _broadcast(w, w_spec, order).astype(dtype)
+    summed = tuple(order.index(c) for c in contracted)
+    if summed:
+        prod = jnp.sum(prod, axis=summed)
+    kept = [c for c in order if c not in contracted]
+    perm = [kept.index(c) for c in out_spec]
+    return jnp.transpose(prod, perm) if perm != sorted(perm) else prod
+
+
+def _merge(a: str, b: str) -> list[str] | None:
+    """A common supersequence of ``a`` and ``b`` keeping both orders, if one exists."""
+    out, i, j = [], 0, 0
+    while i < len(a) and j < len(b):
+        if a[i] == b[j]:
+            out.append(a[i])
+            i, j = i + 1, j + 1
+        elif a[i] not in b:
+            out.append(a[i])
+            i += 1
+        elif b[j] not in a:
+            out.append(b[j])
+            j += 1
+        else:
+            return None
+    return out + list(a[i:]) + list(b[j:])
+
+
+def _monotone(spec, order) -> bool:
+    positions = [order.index(c) for c in spec]
+    return positions == sorted(positions)
+
+
+def _broadcast(a, spec, order):
+    """``a`` reshaped (never transposed) to broadcast over the letters ``order``."""
+    return a.reshape([a.shape[spec.index(c)] if c in spec else 1 for c in order])
