@@ -125,17 +125,35 @@ def test_bench_smoke(tmp_path):
     assert (tmp_path / "bench.json").exists() and (tmp_path / "bench.png").exists()
 
 
-# Every mode of the taps lowering on a spread of the core grid (in the grid itself
-# "taps" picks one mode per correlation, so some modes would go unexercised).
-MODE_GRID = GRID[::12]
+# The taps and scatter modes forced on a spread of the core grid (in the grid
+# itself "taps" picks one mode per correlation, so some would go unexercised;
+# positions mode computes every kernel gradient there, so it needs no forcing).
+def _first_of_each_kind(configs):
+    """One config per (spatial rank, grouped, strided)."""
+    kinds = {}
+    for c in configs:
+        key = (
+            len(c.spatial),
+            c.groups > 1,
+            max(np.atleast_1d(c.stride)) > 1,
+        )
+        kinds.setdefault(key, c)
+    return list(kinds.values())
 
 
-def test_mode_grid_has_strided_dense_configs():
-    strided = [c for c in MODE_GRID if c.groups == 1 and max(np.atleast_1d(c.stride)) > 1]
-    assert len(strided) >= 2  # their input gradients are lhs-dilated: phased scatter
+MODE_GRID = [
+    *_first_of_each_kind(GRID),
+    Config(2, (7, 6), (3, 3), 4, 4, groups=4, stride=2, padding=1),  # depthwise, strided
+]
 
 
-@pytest.mark.parametrize("mode", ["taps", "positions", "scatter"])
+def test_mode_grid_has_strided_configs():
+    strided = [c for c in MODE_GRID if max(np.atleast_1d(c.stride)) > 1]
+    # their input gradients are lhs-dilated: the phased scatter, dense and grouped
+    assert {c.groups > 1 for c in strided} == {False, True}
+
+
+@pytest.mark.parametrize("mode", ["taps", "scatter"])
 @pytest.mark.parametrize("config", MODE_GRID, ids=str)
 def test_every_taps_mode_matches_lax(config, mode, monkeypatch):
     monkeypatch.setattr(_taps, "choose_mode", lambda *shapes_and_corr: mode)
