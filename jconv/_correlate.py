@@ -68,7 +68,7 @@ def _taps_pays_on_cpu(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) ->
     depthwise correlations, single-term (1x1) ones and those with one input
     feature (a fused broadcast product, as for depthwise) always; dense ones when
     their output is small (the kernel gradient: positions mode, an im2col matmul
-    per batch chunk) of 2 to 127 input channels, as long as one lhs feature
+    per batch chunk) of 2 to 128 input channels, as long as one lhs feature
     entry (one image of the forward input) stays cache-sized: with larger entries
     the chunks lose to XLA, and with wider channels XLA's matmuls are as good;
     and thin ones (scatter mode: a stem's or LeNet's input gradient).
@@ -83,7 +83,7 @@ def _taps_pays_on_cpu(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) ->
         return True
     mode = _taps.choose_mode(lhs_shape, rhs_shape, corr)
     entry_bytes = math.prod(lhs_shape) // lhs_shape[corr.lhs_axes[1]] * itemsize
-    thin = 1 < lhs_shape[corr.lhs_axes[0]] < _taps.STACKED_CHANNELS  # stacked (im2col)
+    thin = 1 < lhs_shape[corr.lhs_axes[0]] <= _taps.STACKED_CHANNELS
     return mode == "scatter" or (mode == "positions" and thin and entry_bytes <= MAX_ENTRY_BYTES)
 
 
