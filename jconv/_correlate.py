@@ -37,10 +37,10 @@ def correlate(lhs, rhs, corr: Correlation, precision=None, lowering: str = "auto
         corr: which correlation.
         precision: passed to XLA.
         lowering: ``"xla"`` (``lax.conv_general_dilated``), ``"taps"`` (strided
-            slices times einsums, ``_taps.py``) or ``"auto"``: on CPU, taps for
-            grouped/depthwise correlations and single-tap (1x1) ones, where XLA:CPU's
-            convolution is slow, and dense kernel gradients of cache-sized
-            images; XLA's convolution (cuDNN on GPU) everywhere else.
+            slices times einsums, ``_taps.py``) or ``"auto"``: on CPU, taps where
+            XLA:CPU's convolution is slow (:func:`_taps_pays_on_cpu`: grouped and
+            depthwise correlations, most kernel gradients, thin input gradients);
+            XLA's convolution (cuDNN on GPU) everywhere else.
 
     Returns:
         The result, in ``lhs``'s dtype.
@@ -64,27 +64,34 @@ def correlate(lhs, rhs, corr: Correlation, precision=None, lowering: str = "auto
 def _taps_pays_on_cpu(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) -> bool:
     """The "auto" rule: where the taps lowering beats XLA:CPU's convolution.
 
-    Measured with ``jconv bench`` (``experiments/README.md``): grouped and
-    depthwise correlations, single-term (1x1) ones and those with one input
-    feature (a fused broadcast product, as for depthwise) always; dense ones when
-    their output is small (the kernel gradient: positions mode, an im2col matmul
-    per batch chunk) of 2 to 128 input channels, as long as one lhs feature
-    entry (one image of the forward input) stays cache-sized: with larger entries
-    the chunks lose to XLA, and with wider channels XLA's matmuls are as good;
-    and thin ones (scatter mode: a stem's or LeNet's input gradient).
+    Measured pass by pass with ``experiments/lowering_passes.py`` and as a whole
+    with ``jconv bench`` (``experiments/README.md``):
+
+    - grouped and depthwise correlations, and those with one input feature (a
+      fused broadcast product, as for depthwise): always;
+    - kernel gradients (positions mode: the output is smaller than the window)
+      of a 1x1 kernel (one matmul), or of 2 to 128 input channels (an im2col
+      matmul per batch chunk) while one lhs feature entry (one image of the
+      forward input) stays cache-sized: with larger entries the chunks lose to
+      XLA, and with wider channels XLA's matmuls are as good;
+    - thin correlations (scatter mode: a stem's or LeNet's input gradient).
+
+    Everything else, 1x1 forwards and input gradients included (XLA:CPU's
+    convolution is a matmul there already), stays XLA's.
     """
     window, outs = _terms.term_counts(lhs_shape, rhs_shape, corr)
-    terms = min(math.prod(window), math.prod(outs))
-    if terms > MAX_TERMS:
+    if min(math.prod(window), math.prod(outs)) > MAX_TERMS:
         return False
     grouped = corr.feature_group_count > 1 or corr.batch_group_count > 1
     one_feature = lhs_shape[corr.lhs_axes[1]] == corr.feature_group_count  # nothing to contract
-    if grouped or one_feature or terms == 1:
+    if grouped or one_feature:
         return True
     mode = _taps.choose_mode(lhs_shape, rhs_shape, corr)
-    entry_bytes = math.prod(lhs_shape) // lhs_shape[corr.lhs_axes[1]] * itemsize
-    thin = 1 < lhs_shape[corr.lhs_axes[0]] <= _taps.STACKED_CHANNELS
-    return mode == "scatter" or (mode == "positions" and thin and entry_bytes <= MAX_ENTRY_BYTES)
+    if mode == "positions":
+        entry_bytes = math.prod(lhs_shape) // lhs_shape[corr.lhs_axes[1]] * itemsize
+        thin = 1 < lhs_shape[corr.lhs_axes[0]] <= _taps.STACKED_CHANNELS
+        return math.prod(outs) == 1 or (thin and entry_bytes <= MAX_ENTRY_BYTES)
+    return mode == "scatter"
 
 
 def _hazard_free_xla_conv(lhs, rhs, corr: Correlation, precision=None):
