@@ -88,14 +88,14 @@ def _taps_pays_on_cpu(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) ->
     one_feature = lhs_shape[corr.lhs_axes[1]] == corr.feature_group_count  # nothing to contract
     if grouped or one_feature:
         return True
-    mode = _taps.choose_mode(lhs_shape, rhs_shape, corr)
     if math.prod(window) == 1 and all(s == 1 for s in corr.window_strides):
         # One matmul: ours wins when it narrows the features (a 1x1 input gradient)
         return lhs_shape[corr.lhs_axes[1]] > rhs_shape[corr.rhs_axes[0]]
+    mode = _taps.choose_mode(lhs_shape, rhs_shape, corr)
     if mode == "positions":
-        entry_bytes = math.prod(lhs_shape) // lhs_shape[corr.lhs_axes[1]] * itemsize
+        small = _terms.entry_bytes(lhs_shape, corr, itemsize) <= MAX_ENTRY_BYTES
         thin = 1 < lhs_shape[corr.lhs_axes[0]] <= _taps.STACKED_CHANNELS
-        return math.prod(outs) == 1 or (thin and entry_bytes <= MAX_ENTRY_BYTES)
+        return math.prod(outs) == 1 or (thin and small)
     return mode == "scatter"
 
 

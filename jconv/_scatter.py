@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ._correlation import Correlation, accumulation_dtype
-from ._terms import dense, divisor_within, pad, term, window_slice
+from ._terms import dense, divisor_within, kernel_tap, pad, tap_starts, term, window_slice
 
 # Output features up to which a correlation counts as thin (see choose_mode).
 THIN = 4
@@ -34,11 +34,8 @@ def scatter_sum(lhs, rhs, corr: Correlation, precision, window, outs):
     the col2im half of im2col, and what a transposed (strided) convolution is.
     """
     acc = accumulation_dtype(lhs.dtype)
-    rhs_sp = corr.rhs_axes[2:]
     taps = list(itertools.product(*(range(k) for k in window)))
-    kernels = [
-        lax.squeeze(window_slice(rhs, rhs_sp, t, [1] * len(t), [1] * len(t)), rhs_sp) for t in taps
-    ]
+    kernels = [kernel_tap(rhs, corr, t) for t in taps]
 
     def place(per_tap):
         if all(d == 1 for d in corr.lhs_dilation):
@@ -85,7 +82,7 @@ def _shifted_sum(per_tap, corr: Correlation, outs):
     """``sum_i slice_i(pad(y_i))`` (no dilation): one fused loop over the output."""
     out_sp, total = corr.out_axes[2:], None
     for tap, y in per_tap.items():
-        starts = [t * rd for t, rd in zip(tap, corr.rhs_dilation, strict=True)]
+        starts = tap_starts(tap, corr)
         part = window_slice(pad(y, out_sp, corr), out_sp, starts, outs, corr.window_strides)
         total = part if total is None else total + part
     return total

@@ -31,7 +31,17 @@ from jax import lax
 
 from ._correlation import Correlation, accumulation_dtype
 from ._scatter import THIN, scatter_sum
-from ._terms import dense, divisor_within, pad, term, term_counts, window_slice
+from ._terms import (
+    dense,
+    divisor_within,
+    entry_bytes,
+    kernel_tap,
+    pad,
+    tap_starts,
+    term,
+    term_counts,
+    window_slice,
+)
 
 
 def taps_correlate(lhs, rhs, corr: Correlation, precision=None, by: str | None = None):
@@ -45,9 +55,8 @@ def taps_correlate(lhs, rhs, corr: Correlation, precision=None, by: str | None =
     """
     window, outs = term_counts(lhs.shape, rhs.shape, corr)
     by = by or choose_mode(lhs.shape, rhs.shape, corr)
-    if by == "scatter" and any(d > 1 for d in corr.lhs_dilation):
-        # The phases below assume unit window strides (true of every input gradient).
-        by = "taps" if any(s > 1 for s in corr.window_strides) else by
+    if by == "scatter" and max(corr.lhs_dilation) > 1 and max(corr.window_strides) > 1:
+        by = "taps"  # the phases assume unit window strides (true of every input gradient)
     if by == "scatter":
         out = scatter_sum(lhs, rhs, corr, precision, window, outs)
         return out.astype(lhs.dtype)
@@ -100,32 +109,22 @@ def _contraction_chunk(lhs, corr: Correlation, positions: int) -> int | None:
     if corr.feature_group_count != 1:
         return None
     size = lhs.shape[corr.lhs_axes[1]]
-    per_entry = lhs.size // size * lhs.dtype.itemsize
     if size == 1 or lhs.size * lhs.dtype.itemsize <= CHUNK_BYTES or positions == 1:
         return None  # (one position reads the lhs once: nothing to keep in cache)
-    return divisor_within(size, CHUNK_BYTES // per_entry)
+    return divisor_within(size, CHUNK_BYTES // entry_bytes(lhs.shape, corr, lhs.dtype.itemsize))
 
 
 def _chunked_sum(lhs, rhs, corr: Correlation, precision, by, window, outs, chunk):
     """``sum`` over chunks of the contracted lhs feature / rhs in-feature axes."""
     lf, ri = corr.lhs_axes[1], corr.rhs_axes[1]
 
-    def body(i, acc):
-        start = i * chunk
+    def chunk_sum(start):
         lhs_part = lax.dynamic_slice_in_dim(lhs, start, chunk, lf)
         rhs_part = lax.dynamic_slice_in_dim(rhs, start, chunk, ri)
-        return acc + _sum_of_terms(lhs_part, rhs_part, corr, precision, by, window, outs)
+        return _sum_of_terms(lhs_part, rhs_part, corr, precision, by, window, outs)
 
-    first = _sum_of_terms(
-        lax.slice_in_dim(lhs, 0, chunk, axis=lf),
-        lax.slice_in_dim(rhs, 0, chunk, axis=ri),
-        corr,
-        precision,
-        by,
-        window,
-        outs,
-    )
-    return lax.fori_loop(1, lhs.shape[lf] // chunk, body, first)
+    count = lhs.shape[lf] // chunk
+    return lax.fori_loop(1, count, lambda i, acc: acc + chunk_sum(i * chunk), chunk_sum(0))
 
 
 def _sum_of_terms(lhs, rhs, corr: Correlation, precision, by, window, outs):
@@ -144,12 +143,8 @@ def _sum_of_terms(lhs, rhs, corr: Correlation, precision, by, window, outs):
     if by == "taps":
         total = None
         for tap in itertools.product(*(range(k) for k in window)):
-            starts = [t * rd for t, rd in zip(tap, corr.rhs_dilation, strict=True)]
-            piece = window_slice(xp, lhs_sp, starts, outs, corr.window_strides)
-            rhs_tap = lax.squeeze(
-                window_slice(rhs, rhs_sp, tap, [1] * len(tap), [1] * len(tap)), rhs_sp
-            )
-            part = term(piece, rhs_tap, corr, (), precision, acc)
+            piece = window_slice(xp, lhs_sp, tap_starts(tap, corr), outs, corr.window_strides)
+            part = term(piece, kernel_tap(rhs, corr, tap), corr, (), precision, acc)
             total = part if total is None else total + part
         return total
     pieces = []

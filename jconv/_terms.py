@@ -10,6 +10,7 @@ split off in place, which is free, so no operand is transposed or copied.
 
 from __future__ import annotations
 
+import math
 import string
 
 import jax.numpy as jnp
@@ -51,6 +52,23 @@ def window_slice(a, axes, starts, counts, strides):
     for axis, s0, n, t in zip(axes, starts, counts, strides, strict=True):
         begin[axis], limit[axis], step[axis] = s0, s0 + (n - 1) * t + 1, t
     return lax.slice(a, begin, limit, step)
+
+
+def tap_starts(tap, corr: Correlation) -> list[int]:
+    """Where window tap ``tap`` starts in the (dilated) window: ``tap * rhs_dilation``."""
+    return [t * rd for t, rd in zip(tap, corr.rhs_dilation, strict=True)]
+
+
+def kernel_tap(rhs, corr: Correlation, tap):
+    """The rhs at window tap ``tap``, its spatial axes dropped: ``(out, in)`` features."""
+    spatial = corr.rhs_axes[2:]
+    ones = [1] * len(tap)
+    return lax.squeeze(window_slice(rhs, spatial, tap, ones, ones), spatial)
+
+
+def entry_bytes(lhs_shape, corr: Correlation, itemsize: int) -> int:
+    """Bytes of one entry of the lhs feature axis (one image of a kernel gradient's x)."""
+    return math.prod(lhs_shape) // lhs_shape[corr.lhs_axes[1]] * itemsize
 
 
 def _split(a, axis: int, groups: int):
