@@ -1,6 +1,7 @@
 """Times each pass of each suite shape (forward, input gradient, kernel gradient)
-under two lowerings, interleaved, with XLA's temporary memory: where a lowering
-wins or loses, pass by pass. `jconv bench` times the whole gradient instead.
+under two lowerings, interleaved as `jconv bench` does (same helpers), with XLA's
+temporary memory: where a lowering wins or loses, pass by pass. `jconv bench`
+times the whole gradient instead.
 
     python experiments/lowering_passes.py [--shapes a,b] [--lowerings xla,auto]
         [--passes fwd,dx,dk] [--repeats 11] [--out results/passes-cpu.json]
@@ -11,12 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 
 import jax
 
 import jconv
+from jconv import _bench
 from jconv._bench import SUITE
 
 
@@ -44,21 +44,16 @@ def main(argv=None):
     rows = []
     for shape in (s for s in SUITE if s.name in args.shapes.split(",")):
         for name in passes:
-            compiled, temp, times = {}, {}, {}
+            runners, temp = {}, {}
             for lowering in lowerings:
                 fn, operands = _programs(shape, lowering)[name]
-                compiled[lowering] = jax.jit(fn).lower(*operands).compile()
-                temp[lowering] = compiled[lowering].memory_analysis().temp_size_in_bytes / 2**20
-                jax.block_until_ready(compiled[lowering](*operands))
-                times[lowering] = []
-            for _ in range(args.repeats):  # interleaved: A B A B ...
-                for lowering in lowerings:
-                    t0 = time.perf_counter()
-                    jax.block_until_ready(compiled[lowering](*operands))
-                    times[lowering].append(time.perf_counter() - t0)
+                compiled, _, temp_bytes = _bench._compile(fn, *operands)
+                runners[lowering] = _bench._timer(compiled, *operands)
+                temp[lowering] = temp_bytes / 2**20
+            medians = _bench._interleaved(runners, args.repeats)  # A B A B ... after warm-up
             row = {"shape": shape.name, "pass": name}
             for lowering in lowerings:
-                row[f"{lowering}_ms"] = round(statistics.median(times[lowering]) * 1e3, 3)
+                row[f"{lowering}_ms"] = round(medians[lowering] * 1e3, 3)
                 row[f"{lowering}_temp_mib"] = round(temp[lowering], 1)
             rows.append(row)
             print(

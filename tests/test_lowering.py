@@ -128,6 +128,10 @@ def test_bench_smoke(tmp_path):
 # The taps and scatter modes forced on a spread of the core grid (in the grid
 # itself "taps" picks one mode per correlation, so some would go unexercised;
 # positions mode computes every kernel gradient there, so it needs no forcing).
+def _strided(config) -> bool:
+    return max(np.atleast_1d(config.stride)) > 1
+
+
 def _first_of_each_kind(configs):
     """One 1-D or 2-D config per (spatial rank, grouped, strided); the main grid
     covers 3-D with every lowering, and 3-D configs are the slow ones to compile."""
@@ -136,7 +140,7 @@ def _first_of_each_kind(configs):
         key = (
             len(c.spatial),
             c.groups > 1,
-            max(np.atleast_1d(c.stride)) > 1,
+            _strided(c),
         )
         kinds.setdefault(key, c)
     return list(kinds.values())
@@ -149,7 +153,7 @@ MODE_GRID = [
 
 
 def test_mode_grid_has_strided_configs():
-    strided = [c for c in MODE_GRID if max(np.atleast_1d(c.stride)) > 1]
+    strided = [c for c in MODE_GRID if _strided(c)]
     # their input gradients are lhs-dilated: the phased scatter, dense and grouped
     assert {c.groups > 1 for c in strided} == {False, True}
 
