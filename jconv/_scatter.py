@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -66,16 +67,38 @@ def scatter_sum(lhs, rhs, corr: Correlation, precision, window, outs):
     # consumed a batch chunk at a time they stay in cache and never exist whole.
     spatial = math.prod(lhs.shape[a] for a in corr.lhs_axes[2:])
     entry_bytes = spatial * all_taps.shape[ro] * jnp.dtype(acc or lhs.dtype).itemsize
-    chunk = divisor_within(lhs.shape[0], SCATTER_BYTES // entry_bytes)
-    if corr.lhs_axes[0] != 0 or corr.out_axes[0] != 0 or chunk == lhs.shape[0]:
-        return scatter(lhs)
-    parts = lhs.reshape(lhs.shape[0] // chunk, chunk, *lhs.shape[1:])
-    out = lax.map(scatter, parts)
-    return out.reshape(-1, *out.shape[2:])
+    chunk = divisor_within(lhs.shape[corr.lhs_axes[0]], SCATTER_BYTES // entry_bytes)
+    return _in_batch_chunks(scatter, lhs, chunk, corr)
+
+
+def _in_batch_chunks(f, lhs, chunk: int, corr: Correlation):
+    """``f(lhs)``, computed ``chunk`` batch entries at a time in a ``fori_loop``.
+
+    Each step slices its chunk out of ``lhs`` and writes ``f``'s result into the
+    output in place. The loop reads ``lhs`` as it is: mapping over a reshaped
+    ``(chunks, chunk, ...)`` copy instead (``lax.map``) made XLA copy the whole
+    lhs when it is an entry parameter, e.g. a loss's cotangent.
+    """
+    lb, ob = corr.lhs_axes[0], corr.out_axes[0]
+    count = lhs.shape[lb] // chunk
+    if count == 1:
+        return f(lhs)
+    part = jax.eval_shape(f, jax.ShapeDtypeStruct(_resized(lhs.shape, lb, chunk), lhs.dtype))
+    out = jnp.zeros(_resized(part.shape, ob, part.shape[ob] * count), part.dtype)
+
+    def step(i, out):
+        part = f(lax.dynamic_slice_in_dim(lhs, i * chunk, chunk, axis=lb))
+        return lax.dynamic_update_slice_in_dim(out, part, i * chunk, ob)
+
+    return lax.fori_loop(0, count, step, out)
+
+
+def _resized(shape, axis: int, size: int) -> tuple[int, ...]:
+    return (*shape[:axis], size, *shape[axis + 1 :])
 
 
 # The scatter mode's products are computed this many bytes (a batch chunk) at a time.
-SCATTER_BYTES = 1 << 20
+SCATTER_BYTES = 1 << 19
 
 
 def _shifted_sum(per_tap, corr: Correlation, outs):

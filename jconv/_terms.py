@@ -125,16 +125,26 @@ def term(piece, rhs, corr: Correlation, summed_spatial, precision, acc):
     else:
         split_lhs, lhs_pair = lf, ("group", "feature")
     groups = max(gf, gb)
-    x = _split(piece, split_lhs, groups)
-    w = _split(rhs, ro, groups)
+    if groups == 1 and not summed_spatial:
+        # No group axis: a size-1 one is a dot_general batch dimension, and
+        # XLA:CPU then transposes the matmul's operand and result (the stem's
+        # input gradient: 50 -> 26 ms). Positions mode keeps it: without it XLA
+        # folds the result's transpose into a matmul of the slow, non-canonical
+        # form (the 3x3@56 kernel gradient: 22 -> 32 ms).
+        x, w, split_lhs, split_rhs = piece, rhs, None, None
+    else:
+        x, w, split_rhs = _split(piece, split_lhs, groups), _split(rhs, ro, groups), ro
     x_spec = _spec(lhs_roles, x.ndim, split_lhs, lhs_pair, letters)
-    w_spec = _spec(rhs_roles, w.ndim, ro, ("group", "out"), letters)
-    out_roles = {ob: ["batch"], of: ["group", "out"]}
+    w_spec = _spec(rhs_roles, w.ndim, split_rhs, ("group", "out"), letters)
+    grouped = split_rhs is not None
+    out_roles = {ob: ["batch"], of: ["group", "out"] if grouped else ["out"]}
     if not summed_spatial:
         for i, a in enumerate(os_):
             out_roles[a] = [f"s{i}"]
     out_spec = "".join(letters[r] for a in sorted(out_roles) for r in out_roles[a])
     out = _product(x, w, x_spec, w_spec, out_spec, precision, acc)
+    if not grouped:
+        return out
     position = sorted(out_roles).index(of)
     return out.reshape(*out.shape[:position], -1, *out.shape[position + 2 :])
 

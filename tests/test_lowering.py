@@ -12,7 +12,7 @@ from helpers import Config
 from test_equivalence import GRID
 
 import jconv
-from jconv import _bench, _correlate, _taps
+from jconv import _bench, _correlate, _scatter, _taps
 
 
 def _hlo(platform, groups, window, lowering="auto"):
@@ -97,6 +97,44 @@ def test_chunked_kernel_gradient_matches_lax(config, dtype, monkeypatch):
     assert "while" in jaxpr or "scan" in jaxpr  # the chunk loop is really there
     helpers.check_against_lax(config, dtype)
     helpers._compiled.cache_clear()
+
+
+# Scatter mode computes its products a batch chunk at a time in a loop; with a
+# budget of one byte every chunk is a single batch entry.
+SCATTERED = [
+    Config(5, (6, 7), (3, 3), 6, 2, padding="SAME", lowering="taps"),  # prime N
+    Config(4, (9,), (3,), 6, 2, stride=2, padding=1, layout="channels_first", lowering="taps"),
+]
+
+
+@pytest.mark.parametrize("config", SCATTERED, ids=str)
+def test_chunked_scatter_matches_lax(config, monkeypatch):
+    monkeypatch.setattr(_taps, "choose_mode", lambda *shapes_and_corr: "scatter")
+    monkeypatch.setattr(_scatter, "SCATTER_BYTES", 1)
+    helpers._compiled.cache_clear()
+    params, x, _ = config.arrays(jnp.float32)
+    z = jconv.conv_forward(params, x, **config.kwargs)
+    jaxpr = str(
+        jax.make_jaxpr(lambda dz, k: jconv.conv_grad_input(dz, k, x.shape, **config.kwargs))(
+            z, params["kernel"]
+        )
+    )
+    assert "while" in jaxpr or "scan" in jaxpr  # the chunk loop is really there
+    helpers.check_against_lax(config, jnp.float32)
+    helpers._compiled.cache_clear()
+
+
+def test_scatter_chunks_read_an_entry_parameter_in_place(monkeypatch):
+    # A loss's cotangent is an entry parameter of the jitted gradient. Mapping
+    # over a reshaped copy of it made XLA copy it whole; slicing it must not.
+    monkeypatch.setattr(_scatter, "SCATTER_BYTES", 1)
+    dz, kernel = jnp.ones((8, 32, 32, 64)), jnp.ones((5, 5, 1, 64))
+    fn = jax.jit(
+        lambda dz, k: jconv.conv_grad_input(dz, k, (8, 32, 32, 1), padding="SAME", lowering="taps")
+    )
+    assert "scan" in str(jax.make_jaxpr(fn)(dz, kernel))
+    stats = fn.lower(dz, kernel).compile().memory_analysis()
+    assert stats.temp_size_in_bytes < dz.nbytes // 2
 
 
 @pytest.mark.parametrize("lowering, expect_convs", [("xla", True), ("taps", False)])
