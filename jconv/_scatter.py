@@ -36,7 +36,6 @@ def scatter_sum(lhs, rhs, corr: Correlation, precision, window, outs):
     """
     acc = accumulation_dtype(lhs.dtype)
     taps = list(itertools.product(*(range(k) for k in window)))
-    kernels = [kernel_tap(rhs, corr, t) for t in taps]
 
     def place(per_tap):
         if all(d == 1 for d in corr.lhs_dilation):
@@ -46,11 +45,9 @@ def scatter_sum(lhs, rhs, corr: Correlation, precision, window, outs):
     if not dense(corr):
         # Grouped: one term per tap (for depthwise, broadcast products that XLA
         # fuses into the loops of the sum, so none is materialised).
-        return place(
-            {t: term(lhs, k, corr, (), precision, acc) for t, k in zip(taps, kernels, strict=True)}
-        )
-    ro = sorted(corr.rhs_axes[:2]).index(corr.rhs_axes[0])
-    all_taps = jnp.concatenate(kernels, ro)
+        terms = {t: term(lhs, kernel_tap(rhs, corr, t), corr, (), precision, acc) for t in taps}
+        return place(terms)
+    all_taps = _side_by_side(rhs, corr)
     features = rhs.shape[corr.rhs_axes[0]]
 
     def scatter(lhs):
@@ -66,9 +63,28 @@ def scatter_sum(lhs, rhs, corr: Correlation, precision, window, outs):
     # The products are len(taps) times the lhs's spatial size: computed and
     # consumed a batch chunk at a time they stay in cache and never exist whole.
     spatial = math.prod(lhs.shape[a] for a in corr.lhs_axes[2:])
-    entry_bytes = spatial * all_taps.shape[ro] * jnp.dtype(acc or lhs.dtype).itemsize
+    entry_bytes = spatial * len(taps) * features * jnp.dtype(acc or lhs.dtype).itemsize
     chunk = divisor_within(lhs.shape[corr.lhs_axes[0]], SCATTER_BYTES // entry_bytes)
     return _in_batch_chunks(scatter, lhs, chunk, corr)
+
+
+def _side_by_side(rhs, corr: Correlation):
+    """Every tap's ``kernel_tap`` side by side on the out-feature axis, tap-major.
+
+    One transpose of the rhs (its spatial axes moved to just before the
+    out-feature axis, then merged with it) instead of a slice per tap: an
+    ``(H, W, O, I)`` rhs becomes ``(H W O, I)``, entry ``(h W + w) O + o``.
+    """
+    ro, spatial = corr.rhs_axes[0], corr.rhs_axes[2:]
+    perm = []
+    for a in range(rhs.ndim):
+        if a == ro:
+            perm += spatial
+        if a not in spatial:
+            perm.append(a)
+    moved = jnp.transpose(rhs, perm)
+    at = perm.index(spatial[0])
+    return moved.reshape(*moved.shape[:at], -1, *moved.shape[at + len(spatial) + 1 :])
 
 
 def _in_batch_chunks(f, lhs, chunk: int, corr: Correlation):
