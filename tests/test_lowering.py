@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import sys
 
 import helpers
 import jax
@@ -150,6 +151,23 @@ def test_unknown_lowering_is_refused():
         jconv.conv_forward(
             {"kernel": jnp.ones((3, 3, 2, 2))}, jnp.ones((1, 5, 5, 2)), lowering="fast"
         )
+
+
+def _suite_shape(name):
+    return next(s for s in _bench.SUITE if s.name == name)
+
+
+def test_torch_contender_is_optional(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if not installed
+    assert _bench._torch_runners(_suite_shape("lenet-5x5")) == {}
+
+
+def test_torch_contender_runs_both_layouts_where_torch_can():
+    pytest.importorskip("torch")
+    runners = _bench._torch_runners(_suite_shape("lenet-5x5"))
+    assert set(runners) == {"torch", "torch-channels-last"}
+    assert all(run() > 0 for run in runners.values())
+    assert _bench._torch_runners(_suite_shape("mobilenet-dw-s2-112")) == {}  # SAME, strided
 
 
 def test_bench_smoke(tmp_path):
