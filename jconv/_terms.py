@@ -125,12 +125,15 @@ def term(piece, rhs, corr: Correlation, summed_spatial, precision, acc):
     else:
         split_lhs, lhs_pair = lf, ("group", "feature")
     groups = max(gf, gb)
-    if groups == 1 and not summed_spatial:
-        # No group axis: a size-1 one is a dot_general batch dimension, and
-        # XLA:CPU then transposes the matmul's operand and result (the stem's
-        # input gradient: 50 -> 26 ms). Positions mode keeps it: without it XLA
-        # folds the result's transpose into a matmul of the slow, non-canonical
-        # form (the 3x3@56 kernel gradient: 22 -> 32 ms).
+    if groups == 1 and not (summed_spatial and piece.size > rhs.size):
+        # No group axis. A size-1 one is a dot_general batch dimension, with
+        # which XLA:CPU transposes the rhs operand (and the result) instead of
+        # the lhs. In taps and scatter modes that is pure cost (the stem's input
+        # gradient: 50 -> 26 ms without it). In positions mode both operands
+        # have their contracted axes (batch, positions) major and one must be
+        # transposed: the smaller (1x1 stride-2 kernel gradient, x larger: 8.6
+        # ms without the axis, 4.3 ms with it; 1x1 expand, x smaller: the same
+        # time and 25 -> 6 MiB without it).
         x, w, split_lhs, split_rhs = piece, rhs, None, None
     else:
         x, w, split_rhs = _split(piece, split_lhs, groups), _split(rhs, ro, groups), ro
