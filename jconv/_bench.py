@@ -79,15 +79,37 @@ def _timer(fn, *args):
     return run
 
 
-def _interleaved(runners: dict[str, Any], repeats: int, warmup: int = 2) -> dict[str, float]:
-    """Median seconds per runner, alternating A B A B ... after ``warmup`` rounds."""
+def _samples(runners: dict[str, Any], repeats: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Seconds per run of each runner, alternating A B A B ... after ``warmup`` rounds."""
     times: dict[str, list[float]] = {k: [] for k in runners}
     for i in range(warmup + repeats):
         for name, run in runners.items():
             t = run()
             if i >= warmup:
                 times[name].append(t)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def _interleaved(runners: dict[str, Any], repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median seconds per runner, alternating A B A B ... after ``warmup`` rounds."""
+    return {k: statistics.median(v) for k, v in _samples(runners, repeats, warmup).items()}
+
+
+def _in_blocks(families: list[dict[str, Any]], repeats: int, blocks: int) -> dict[str, float]:
+    """Median seconds per runner: each family interleaved within itself, families in turn.
+
+    Runners of one framework alternate run by run; the frameworks take turns in
+    ``blocks`` blocks (each after a warm-up round), so that the host's drift
+    over the measurement reaches every framework, while no run pays for waking
+    a thread pool that fell asleep while the other framework ran.
+    """
+    pooled: dict[str, list[float]] = {}
+    per_block = -(-repeats // blocks)
+    for _ in range(blocks):
+        for runners in families:
+            for name, times in _samples(runners, per_block, warmup=1).items():
+                pooled.setdefault(name, []).extend(times)
+    return {k: statistics.median(v) for k, v in pooled.items()}
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -172,6 +194,10 @@ def _torch_runners(named: Shape) -> dict[str, Any]:
     return runners
 
 
+# Blocks in which jax and torch take turns (see _in_blocks).
+BLOCKS = 3
+
+
 def bench_shape(shape: Shape, repeats: int, torch: bool, peak: float) -> dict[str, Any]:
     params, x, ct = shape.config.arrays()
     z_shape = ct.shape
@@ -190,7 +216,13 @@ def bench_shape(shape: Shape, repeats: int, torch: bool, peak: float) -> dict[st
         fwd_runners[name] = _timer(f, params, x)
         result[f"{name}_compile_s"] = compile_s
         result[f"{name}_temp_bytes"] = temp
-    grad = _interleaved(grad_runners, repeats)
+    # torch (when installed, in its faster memory format) takes turns with the
+    # jax contenders in blocks rather than run by run: alternating with torch
+    # run by run, each framework's thread pool falls asleep while the other
+    # runs and every run pays its wake-up (LeNet: jconv 2.6 ms back to back,
+    # 3.3 ms alternating with torch, 4.8 ms after a 20 ms sleep).
+    torch_runners = _torch_runners(shape) if torch else {}
+    grad = _in_blocks([grad_runners, torch_runners], repeats, BLOCKS)
     fwd = _interleaved(fwd_runners, repeats)
     flops = 3 * shape.forward_flops(z_shape)
     for name in contenders:
@@ -200,13 +232,7 @@ def bench_shape(shape: Shape, repeats: int, torch: bool, peak: float) -> dict[st
         result[f"{name}_fraction_of_matmul"] = result[f"{name}_gflops"] / peak
     result["ratio"] = grad["jconv"] / grad["autodiff"]
     result["fwd_ratio"] = fwd["jconv"] / fwd["autodiff"]
-    # torch in its faster memory format, in rounds of its own: in the same rounds
-    # as jax, each framework's thread pool falls asleep while the other runs and
-    # every run pays its wake-up (LeNet: jconv 2.6 ms back to back, 3.3 ms
-    # alternating with torch, 4.8 ms after a 20 ms sleep).
-    torch_runners = _torch_runners(shape) if torch else {}
-    torch_times = _interleaved(torch_runners, repeats) if torch_runners else {}
-    result["torch_fwd_bwd_s"] = min(torch_times.values(), default=None)
+    result["torch_fwd_bwd_s"] = min((grad[k] for k in torch_runners), default=None)
     return result
 
 
@@ -242,7 +268,8 @@ def markdown(report: dict[str, Any]) -> str:
     """The report as a markdown table."""
     lines = [
         f"backend {report['backend']} ({report['device']}), jax {report['jax_version']}, "
-        f"median of {report['repeats']} interleaved runs; float32 matmul "
+        f"medians of >= {report['repeats']} interleaved runs (fwd+bwd: jax and torch "
+        f"in turns of {BLOCKS} blocks); float32 matmul "
         f"{report['matmul_gflops']:.1f} GFLOP/s",
         "",
         "| shape | jconv fwd+bwd ms | autodiff ms | ratio | fwd ratio | torch ms | jconv GFLOP/s "
