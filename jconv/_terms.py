@@ -125,15 +125,19 @@ def term(piece, rhs, corr: Correlation, summed_spatial, precision, acc):
     else:
         split_lhs, lhs_pair = lf, ("group", "feature")
     groups = max(gf, gb)
-    if groups == 1 and not (summed_spatial and piece.size > rhs.size):
+    # Contracted lhs axes (feature, summed spatial) that come before its batch
+    # axis: then the lhs is not a row-major (M, K) matmul operand as it stands.
+    lhs_contracted_major = lf < lb or any(a < lb for a in ls if summed_spatial)
+    if groups == 1 and not (summed_spatial and lhs_contracted_major and piece.size > rhs.size):
         # No group axis. A size-1 one is a dot_general batch dimension, with
         # which XLA:CPU transposes the rhs operand (and the result) instead of
         # the lhs. In taps and scatter modes that is pure cost (the stem's input
-        # gradient: 50 -> 26 ms without it). In positions mode both operands
-        # have their contracted axes (batch, positions) major and one must be
-        # transposed: the smaller (1x1 stride-2 kernel gradient, x larger: 8.6
-        # ms without the axis, 4.3 ms with it; 1x1 expand, x smaller: the same
-        # time and 25 -> 6 MiB without it).
+        # gradient: 50 -> 26 ms without it). In positions mode, when both
+        # operands have their contracted axes (batch, positions) major, one must
+        # be transposed: the smaller (1x1 stride-2 kernel gradient, x larger:
+        # 8.6 ms without the axis, 4.3 ms with it; 1x1 expand, x smaller: the
+        # same time and 25 -> 6 MiB without it). A planar im2col stack
+        # (``_taps._stacked``) has them minor: neither is transposed.
         x, w, split_lhs, split_rhs = piece, rhs, None, None
     else:
         x, w, split_rhs = _split(piece, split_lhs, groups), _split(rhs, ro, groups), ro
