@@ -154,17 +154,8 @@ def _sum_of_terms(lhs, rhs, corr: Correlation, precision, by, window, outs):
     if _stacks(xp, corr, len(starts)):
         stacked = _stacked(xp, rhs, corr, precision, acc, window, starts)
     else:
-        rows = [
-            term(
-                window_slice(xp, lhs_sp, at, window, corr.rhs_dilation),
-                rhs,
-                corr,
-                summed,
-                precision,
-                acc,
-            )
-            for at in starts
-        ]
+        pieces = (window_slice(xp, lhs_sp, at, window, corr.rhs_dilation) for at in starts)
+        rows = [term(piece, rhs, corr, summed, precision, acc) for piece in pieces]
         stacked = jnp.stack(rows, axis=-1)
     return _place_positions(stacked, outs, corr.out_axes)
 
@@ -184,8 +175,7 @@ def _stacked(xp, rhs, corr: Correlation, precision, acc, window, starts):
     planar; 3x3@56 (64 channels) 23 -> 21 ms and 11.5 -> 8.5 MiB. The
     positions are split back off the output batch axis.
     """
-    order = list(corr.lhs_axes)
-    planar = jnp.transpose(xp, order)
+    planar = jnp.transpose(xp, corr.lhs_axes)
     corr = dataclasses.replace(corr, lhs_axes=tuple(range(xp.ndim)))
     spatial = corr.lhs_axes[2:]
     pieces = [window_slice(planar, spatial, at, window, corr.rhs_dilation) for at in starts]

@@ -125,10 +125,10 @@ def term(piece, rhs, corr: Correlation, summed_spatial, precision, acc):
     else:
         split_lhs, lhs_pair = lf, ("group", "feature")
     groups = max(gf, gb)
-    # Contracted lhs axes (feature, summed spatial) that come before its batch
-    # axis: then the lhs is not a row-major (M, K) matmul operand as it stands.
-    lhs_contracted_major = lf < lb or any(a < lb for a in ls if summed_spatial)
-    if groups == 1 and not (summed_spatial and lhs_contracted_major and piece.size > rhs.size):
+    # In positions mode the lhs contracts its feature and spatial axes; if any
+    # comes before its batch axis it is not a row-major (M, K) matmul operand.
+    contracted_major = lf < lb or any(a < lb for a in ls)
+    if groups == 1 and not (summed_spatial and contracted_major and piece.size > rhs.size):
         # No group axis. A size-1 one is a dot_general batch dimension, with
         # which XLA:CPU transposes the rhs operand (and the result) instead of
         # the lhs. In taps and scatter modes that is pure cost (the stem's input
