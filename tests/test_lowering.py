@@ -85,16 +85,25 @@ CHUNKED = [
 def test_chunked_kernel_gradient_matches_lax(config, dtype, monkeypatch):
     per_image = math.prod(config.x_shape[1:]) * jnp.dtype(dtype).itemsize
     monkeypatch.setattr(_taps, "CHUNK_BYTES", 2 * per_image)
-    helpers._compiled.cache_clear()  # compile afresh under the small budget
+    _check_chunked(config, dtype, "kernel")
+
+
+def _check_chunked(config, dtype, gradient):
+    """``config`` matches lax, and its ``gradient`` pass really runs a chunk loop.
+
+    Called with a chunk budget patched small; compiles afresh under it.
+    """
+    helpers._compiled.cache_clear()
     params, x, _ = config.arrays(dtype)
-    z = jconv.conv_forward(params, x, **config.kwargs)
-    jaxpr = str(
-        jax.make_jaxpr(
-            lambda x, dz: jconv.conv_grad_kernel(
-                x, dz, params["kernel"].shape, **config.kwargs, lowering="taps"
-            )
-        )(x, z)
-    )
+    kw = dict(config.kwargs, lowering=config.lowering)
+    z = jconv.conv_forward(params, x, **kw)
+    kernel = params["kernel"]
+    if gradient == "kernel":
+        jaxpr = jax.make_jaxpr(lambda x, dz: jconv.conv_grad_kernel(x, dz, kernel.shape, **kw))
+        jaxpr = str(jaxpr(x, z))
+    else:
+        jaxpr = jax.make_jaxpr(lambda dz, k: jconv.conv_grad_input(dz, k, x.shape, **kw))
+        jaxpr = str(jaxpr(z, kernel))
     assert "while" in jaxpr or "scan" in jaxpr  # the chunk loop is really there
     helpers.check_against_lax(config, dtype)
     helpers._compiled.cache_clear()
@@ -112,17 +121,7 @@ SCATTERED = [
 def test_chunked_scatter_matches_lax(config, monkeypatch):
     monkeypatch.setattr(_taps, "choose_mode", lambda *shapes_and_corr: "scatter")
     monkeypatch.setattr(_scatter, "SCATTER_BYTES", 1)
-    helpers._compiled.cache_clear()
-    params, x, _ = config.arrays(jnp.float32)
-    z = jconv.conv_forward(params, x, **config.kwargs)
-    jaxpr = str(
-        jax.make_jaxpr(lambda dz, k: jconv.conv_grad_input(dz, k, x.shape, **config.kwargs))(
-            z, params["kernel"]
-        )
-    )
-    assert "while" in jaxpr or "scan" in jaxpr  # the chunk loop is really there
-    helpers.check_against_lax(config, jnp.float32)
-    helpers._compiled.cache_clear()
+    _check_chunked(config, jnp.float32, "input")
 
 
 def test_scatter_chunks_read_an_entry_parameter_in_place(monkeypatch):
