@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ._correlation import Correlation, accumulation_dtype
+from ._fold import folded_positions, folds
 from ._scatter import THIN, scatter_sum
 from ._terms import (
     dense,
@@ -61,6 +62,8 @@ def taps_correlate(lhs, rhs, corr: Correlation, precision=None, by: str | None =
     if by == "scatter":
         out = scatter_sum(lhs, rhs, corr, precision, window, outs)
         return out.astype(lhs.dtype)
+    if by == "positions" and folds(lhs, rhs, corr, window, outs):
+        by = "folded"
     chunk = _contraction_chunk(lhs, corr, math.prod(outs)) if by == "positions" else None
     if chunk is None:
         out = _sum_of_terms(lhs, rhs, corr, precision, by, window, outs)
@@ -138,6 +141,10 @@ def _sum_of_terms(lhs, rhs, corr: Correlation, precision, by, window, outs):
         # pad): no multiply-adds with the dilation's zeros.
         part = term(lhs, lax.squeeze(rhs, rhs_sp), corr, (), precision, acc)
         return pad(part, corr.out_axes[2:], corr)
+    if by == "folded":
+        return _place_positions(
+            folded_positions(lhs, rhs, corr, acc, window, outs), outs, corr.out_axes
+        )
     # Pad (and dilate) once: every term is then a plain strided slice, which XLA
     # fuses into its consumer with no per-element bounds checks.
     xp = pad(lhs, lhs_sp, corr)

@@ -10,6 +10,7 @@ split off in place, which is free, so no operand is transposed or copied.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import string
 
@@ -71,9 +72,9 @@ def entry_bytes(lhs_shape, corr: Correlation, itemsize: int) -> int:
     return math.prod(lhs_shape) // lhs_shape[corr.lhs_axes[1]] * itemsize
 
 
-def _split(a, axis: int, groups: int):
-    """``a`` with ``axis`` split into ``(groups, size // groups)`` in place (free)."""
-    return a.reshape(*a.shape[:axis], groups, a.shape[axis] // groups, *a.shape[axis + 1 :])
+def _split_shape(shape, axis: int, groups: int) -> tuple[int, ...]:
+    """``shape`` with ``axis`` split into ``(groups, size // groups)`` (in place: free)."""
+    return (*shape[:axis], groups, shape[axis] // groups, *shape[axis + 1 :])
 
 
 class _Letters:
@@ -105,70 +106,147 @@ def term(piece, rhs, corr: Correlation, summed_spatial, precision, acc):
     axes unless ``summed_spatial`` lists them (positions mode: summed against the
     piece's spatial axes).
     """
-    gf, gb = corr.feature_group_count, corr.batch_group_count
-    lb, lf, *ls = corr.lhs_axes
-    ro, ri, *rs = corr.rhs_axes
-    ob, of, *os_ = corr.out_axes
-    if not summed_spatial:  # the rhs lost its spatial axes: renumber its roles
-        ro, ri = sorted((ro, ri)).index(ro), sorted((ro, ri)).index(ri)
-    letters = _Letters()
-    lhs_roles = {lb: "batch", lf: "feature"}
-    rhs_roles = {ro: "out", ri: "feature"}
-    for i, (a, b) in enumerate(zip(ls, rs, strict=True)):
-        lhs_roles[a] = f"s{i}" if not summed_spatial else f"w{i}"
-        if summed_spatial:
-            rhs_roles[b] = f"w{i}"
-    # Groups, split in place: feature groups split lhs feature and rhs out;
-    # batch groups split lhs batch and rhs out.
-    if gb > 1:
-        split_lhs, lhs_pair = lb, ("group", "batch")
+    plan = Plan.of(piece, rhs, corr, summed_spatial)
+    x, w = plan.lhs(piece), plan.rhs(rhs)
+    order = plan.broadcast_order(piece.shape, rhs.shape)
+    if order is None:
+        out = jnp.einsum(
+            f"{plan.x_spec},{plan.w_spec}->{plan.out_spec}",
+            x,
+            w,
+            precision=precision,
+            preferred_element_type=acc,
+        )
     else:
-        split_lhs, lhs_pair = lf, ("group", "feature")
-    groups = max(gf, gb)
-    # In positions mode the lhs contracts its feature and spatial axes; if any
-    # comes before its batch axis it is not a row-major (M, K) matmul operand.
-    contracted_major = lf < lb or any(a < lb for a in ls)
-    if groups == 1 and not (summed_spatial and contracted_major and piece.size > rhs.size):
-        # No group axis. A size-1 one is a dot_general batch dimension, with
-        # which XLA:CPU transposes the rhs operand (and the result) instead of
-        # the lhs. In taps and scatter modes that is pure cost (the stem's input
-        # gradient: 50 -> 26 ms without it). In positions mode, when both
-        # operands have their contracted axes (batch, positions) major, one must
-        # be transposed: the smaller (1x1 stride-2 kernel gradient, x larger:
-        # 8.6 ms without the axis, 4.3 ms with it; 1x1 expand, x smaller: the
-        # same time and 25 -> 6 MiB without it). A planar im2col stack
-        # (``_taps._stacked``) has them minor: neither is transposed.
-        x, w, split_lhs, split_rhs = piece, rhs, None, None
-    else:
-        x, w, split_rhs = _split(piece, split_lhs, groups), _split(rhs, ro, groups), ro
-    x_spec = _spec(lhs_roles, x.ndim, split_lhs, lhs_pair, letters)
-    w_spec = _spec(rhs_roles, w.ndim, split_rhs, ("group", "out"), letters)
-    grouped = split_rhs is not None
-    out_roles = {ob: ["batch"], of: ["group", "out"] if grouped else ["out"]}
-    if not summed_spatial:
-        for i, a in enumerate(os_):
-            out_roles[a] = [f"s{i}"]
-    out_spec = "".join(letters[r] for a in sorted(out_roles) for r in out_roles[a])
-    out = _product(x, w, x_spec, w_spec, out_spec, precision, acc)
-    if not grouped:
-        return out
-    position = sorted(out_roles).index(of)
-    return out.reshape(*out.shape[:position], -1, *out.shape[position + 2 :])
+        dtype = acc or x.dtype
+        prod = broadcast(x, plan.x_spec, order, dtype) * broadcast(w, plan.w_spec, order, dtype)
+        out = plan.reduce(prod, order)
+    return plan.merge(out)
 
 
-def _spec(roles, ndim, split_axis, pair, letters) -> str:
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How :func:`term` lays out one term: einsum letters for both operands and the output.
+
+    ``split_lhs`` / ``split_rhs`` are the axes split into ``(groups, size //
+    groups)`` in place (``None`` without a group axis); ``feature_at`` is where
+    the output's (group, out) letters sit, merged back by :meth:`merge`.
+    """
+
+    x_spec: str
+    w_spec: str
+    out_spec: str
+    groups: int
+    split_lhs: int | None
+    split_rhs: int | None
+    feature_at: int
+    spatial: str  # the letters of the spatial axes, in order
+
+    @classmethod
+    def of(cls, piece, rhs, corr: Correlation, summed_spatial) -> Plan:
+        gf, gb = corr.feature_group_count, corr.batch_group_count
+        lb, lf, *ls = corr.lhs_axes
+        ro, ri, *rs = corr.rhs_axes
+        ob, of, *os_ = corr.out_axes
+        if not summed_spatial:  # the rhs lost its spatial axes: renumber its roles
+            ro, ri = sorted((ro, ri)).index(ro), sorted((ro, ri)).index(ri)
+        letters = _Letters()
+        lhs_roles = {lb: "batch", lf: "feature"}
+        rhs_roles = {ro: "out", ri: "feature"}
+        for i, (a, b) in enumerate(zip(ls, rs, strict=True)):
+            lhs_roles[a] = f"s{i}" if not summed_spatial else f"w{i}"
+            if summed_spatial:
+                rhs_roles[b] = f"w{i}"
+        # Groups, split in place: feature groups split lhs feature and rhs out;
+        # batch groups split lhs batch and rhs out.
+        if gb > 1:
+            split_lhs, lhs_pair = lb, ("group", "batch")
+        else:
+            split_lhs, lhs_pair = lf, ("group", "feature")
+        groups = max(gf, gb)
+        # In positions mode the lhs contracts its feature and spatial axes; if any
+        # comes before its batch axis it is not a row-major (M, K) matmul operand.
+        contracted_major = lf < lb or any(a < lb for a in ls)
+        if groups == 1 and not (summed_spatial and contracted_major and piece.size > rhs.size):
+            # No group axis. A size-1 one is a dot_general batch dimension, with
+            # which XLA:CPU transposes the rhs operand (and the result) instead of
+            # the lhs. In taps and scatter modes that is pure cost (the stem's input
+            # gradient: 50 -> 26 ms without it). In positions mode, when both
+            # operands have their contracted axes (batch, positions) major, one must
+            # be transposed: the smaller (1x1 stride-2 kernel gradient, x larger:
+            # 8.6 ms without the axis, 4.3 ms with it; 1x1 expand, x smaller: the
+            # same time and 25 -> 6 MiB without it). A planar im2col stack
+            # (``_taps._stacked``) has them minor: neither is transposed.
+            split_lhs = split_rhs = None
+        else:
+            split_rhs = ro
+        x_spec = _spec(lhs_roles, split_lhs, lhs_pair, letters)
+        w_spec = _spec(rhs_roles, split_rhs, ("group", "out"), letters)
+        grouped = split_rhs is not None
+        out_roles = {ob: ["batch"], of: ["group", "out"] if grouped else ["out"]}
+        if not summed_spatial:
+            for i, a in enumerate(os_):
+                out_roles[a] = [f"s{i}"]
+        out_spec = "".join(letters[r] for a in sorted(out_roles) for r in out_roles[a])
+        feature_at = sorted(out_roles).index(of)
+        spatial = "".join(letters[lhs_roles[a]] for a in ls)
+        return cls(x_spec, w_spec, out_spec, groups, split_lhs, split_rhs, feature_at, spatial)
+
+    def lhs(self, piece):
+        """``piece`` with its group axis split off (a free reshape), as ``x_spec``."""
+        return piece.reshape(self.lhs_shape(piece.shape))
+
+    def rhs(self, rhs):
+        """``rhs`` with its group axis split off, as ``w_spec``."""
+        return rhs.reshape(self.rhs_shape(rhs.shape))
+
+    def lhs_shape(self, shape):
+        """The shape of :meth:`lhs` of a piece of shape ``shape``."""
+        return shape if self.split_lhs is None else _split_shape(shape, self.split_lhs, self.groups)
+
+    def rhs_shape(self, shape):
+        return shape if self.split_rhs is None else _split_shape(shape, self.split_rhs, self.groups)
+
+    def broadcast_order(self, piece_shape, rhs_shape) -> list[str] | None:
+        """The letter order of the term as a fused broadcast product; ``None``: an einsum."""
+        x, w = self.lhs_shape(piece_shape), self.rhs_shape(rhs_shape)
+        sizes = dict(zip(self.x_spec, x, strict=True)) | dict(zip(self.w_spec, w, strict=True))
+        return _broadcast_order(self.x_spec, self.w_spec, self.out_spec, sizes)
+
+    def contracted(self) -> list[str]:
+        return [c for c in self.x_spec if c in self.w_spec and c not in self.out_spec]
+
+    def reduce(self, prod, order, lead: int = 0):
+        """A broadcast product in ``order`` (after ``lead`` extra leading axes), summed
+        over the contracted letters and laid out as ``out_spec``."""
+        contracted = self.contracted()
+        summed = tuple(lead + order.index(c) for c in contracted)
+        if summed:
+            prod = jnp.sum(prod, axis=summed)
+        kept = [c for c in order if c not in contracted]
+        perm = list(range(lead)) + [lead + kept.index(c) for c in self.out_spec]
+        return jnp.transpose(prod, perm) if perm != sorted(perm) else prod
+
+    def merge(self, out, lead: int = 0):
+        """``out`` with its (group, out) axes merged back into one feature axis."""
+        if self.split_rhs is None:
+            return out
+        at = lead + self.feature_at
+        return out.reshape(*out.shape[:at], -1, *out.shape[at + 2 :])
+
+
+def _spec(roles, split_axis, pair, letters) -> str:
     spec = []
     for axis in sorted(roles):
         if axis == split_axis:
             spec += [letters[pair[0]], letters[pair[1]]]
         else:
             spec.append(letters[roles[axis]])
-    assert len(spec) == ndim
     return "".join(spec)
 
 
-def _product(x, w, x_spec, w_spec, out_spec, precision, acc):
-    """``einsum(x_spec, w_spec -> out_spec)``; a fused broadcast multiply where it pays.
+def _broadcast_order(x_spec, w_spec, out_spec, sizes) -> list[str] | None:
+    """The letter order of a fused broadcast product, or ``None`` for an einsum.
 
     A matmul needs letters that only ``x`` has *and* letters that only ``w`` has
     (both of size > 1) besides the contracted ones. Without that (depthwise: one
@@ -177,28 +255,15 @@ def _product(x, w, x_spec, w_spec, out_spec, precision, acc):
     one loop with no temporaries, provided both operands broadcast without a
     transpose; otherwise, and for real matmuls, ``jnp.einsum``.
     """
-    sizes = dict(zip(x_spec, x.shape, strict=True)) | dict(zip(w_spec, w.shape, strict=True))
     only_x = [c for c in x_spec if c not in w_spec and sizes[c] > 1]
     only_w = [c for c in w_spec if c not in x_spec and sizes[c] > 1]
     contracted = [c for c in x_spec if c in w_spec and c not in out_spec]
-    order = None
-    if not (only_x and only_w and any(sizes[c] > 1 for c in contracted)):
-        for candidate in (list(out_spec) + contracted, _merge(x_spec, w_spec)):
-            if candidate and _monotone(x_spec, candidate) and _monotone(w_spec, candidate):
-                order = candidate
-                break
-    if order is None:
-        return jnp.einsum(
-            f"{x_spec},{w_spec}->{out_spec}", x, w, precision=precision, preferred_element_type=acc
-        )
-    dtype = acc or x.dtype
-    prod = _broadcast(x, x_spec, order).astype(dtype) * _broadcast(w, w_spec, order).astype(dtype)
-    summed = tuple(order.index(c) for c in contracted)
-    if summed:
-        prod = jnp.sum(prod, axis=summed)
-    kept = [c for c in order if c not in contracted]
-    perm = [kept.index(c) for c in out_spec]
-    return jnp.transpose(prod, perm) if perm != sorted(perm) else prod
+    if only_x and only_w and any(sizes[c] > 1 for c in contracted):
+        return None
+    for candidate in (list(out_spec) + contracted, _merge(x_spec, w_spec)):
+        if candidate and _monotone(x_spec, candidate) and _monotone(w_spec, candidate):
+            return candidate
+    return None
 
 
 def _merge(a: str, b: str) -> list[str] | None:
@@ -224,6 +289,6 @@ def _monotone(spec, order) -> bool:
     return positions == sorted(positions)
 
 
-def _broadcast(a, spec, order):
-    """``a`` reshaped (never transposed) to broadcast over the letters ``order``."""
-    return a.reshape([a.shape[spec.index(c)] if c in spec else 1 for c in order])
+def broadcast(a, spec, order, dtype):
+    """``a`` in ``dtype``, reshaped (never transposed) to broadcast over the letters ``order``."""
+    return a.reshape([a.shape[spec.index(c)] if c in spec else 1 for c in order]).astype(dtype)

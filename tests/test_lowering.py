@@ -13,7 +13,7 @@ from helpers import Config
 from test_equivalence import GRID
 
 import jconv
-from jconv import _bench, _correlate, _scatter, _taps
+from jconv import _bench, _correlate, _fold, _scatter, _taps
 
 
 def _hlo(platform, groups, window, lowering="auto"):
@@ -85,6 +85,7 @@ CHUNKED = [
 def test_chunked_kernel_gradient_matches_lax(config, dtype, monkeypatch):
     per_image = math.prod(config.x_shape[1:]) * jnp.dtype(dtype).itemsize
     monkeypatch.setattr(_taps, "CHUNK_BYTES", 2 * per_image)
+    monkeypatch.setattr(_fold, "FOLD_TERMS", 1)  # (folding replaces the loop where it applies)
     _check_chunked(config, dtype, "kernel")
 
 
@@ -107,6 +108,49 @@ def _check_chunked(config, dtype, gradient):
     assert "while" in jaxpr or "scan" in jaxpr  # the chunk loop is really there
     helpers.check_against_lax(config, dtype)
     helpers._compiled.cache_clear()
+
+
+# Kernel gradients whose terms only reduce are folded (``_fold``): slabs of the
+# batch and of the output rows, edges where slabs or whole positions only meet
+# padding, strides, dilation, a channel multiplier, both layouts, 1-D and 3-D.
+FOLDED = [
+    Config(4, (9, 6), (3, 3), 4, 4, groups=4, padding="SAME"),  # batch and row slabs
+    Config(6, (6, 6), (3, 3), 1, 3, lowering="taps"),  # one input channel
+    Config(3, (9, 8), (3, 2), 3, 6, groups=3, stride=2, padding=((2, 1), (0, 1))),
+    Config(2, (11,), (3,), 2, 2, groups=2, dilation=3, padding=4, layout="channels_first"),
+    Config(6, (1,), (2,), 2, 2, groups=2, stride=3, padding=4),  # a position in padding only
+    Config(6, (6, 3, 5), (2, 2, 3), 2, 2, groups=2, padding="SAME"),
+]
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("config", FOLDED, ids=str)
+def test_folded_kernel_gradient_matches_lax(config, dtype):
+    config = dataclasses.replace(config, lowering="taps")
+    assert _folds(config)
+    helpers.check_against_lax(config, dtype)
+
+
+def test_fold_keeps_its_loop_output_within_the_input():
+    # LeNet's first layer: 6 outputs per input channel and 25 positions. Folded,
+    # the loop's output would be 6 * 25 / F times x, so positions mode is kept.
+    assert not _folds(Config(64, (28, 28), (5, 5), 1, 6))
+    assert _folds(Config(8, (28, 28), (3, 3), 8, 8, groups=8, padding="SAME"))
+
+
+def _folds(config) -> bool:
+    """Whether the taps lowering folds ``config``'s kernel gradient (traced only)."""
+    calls = []
+    real = _fold.folded_positions
+    params, x, _ = config.arrays(jnp.float32)
+    kw = dict(config.kwargs, lowering="taps")
+    z = jconv.conv_forward(params, x, **kw)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_taps, "folded_positions", lambda *a: calls.append(a) or real(*a))
+        jax.make_jaxpr(lambda x, dz: jconv.conv_grad_kernel(x, dz, params["kernel"].shape, **kw))(
+            x, z
+        )
+    return bool(calls)
 
 
 # Scatter mode computes its products a batch chunk at a time in a loop; with a
