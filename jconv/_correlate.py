@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from . import _taps, _terms
+from . import _placed, _taps, _terms
 from ._correlation import Correlation, accumulation_dtype
 
 # The taps lowering unrolls one einsum per term; beyond this many it stays XLA's.
@@ -70,10 +70,12 @@ def _taps_pays_on_cpu(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) ->
     - grouped and depthwise correlations, and those with one input feature (a
       fused broadcast product, as for depthwise): always;
     - kernel gradients (positions mode: the output is smaller than the window)
-      of a 1x1 kernel (one matmul), or of 2 to 128 input channels (an im2col
+      of a 1x1 kernel (one matmul), of 2 to 128 input channels (an im2col
       matmul per batch chunk) while one lhs feature entry (one image of the
       forward input) stays cache-sized: with larger entries the chunks lose to
-      XLA, and with wider channels XLA's matmuls are as good;
+      XLA, and with wider channels XLA's matmuls are as good; and of unit-stride
+      convolutions with fewer output than input channels (``_placed.places``:
+      ``dz`` shifted onto ``x``'s grid, one matmul);
     - thin correlations (scatter mode: a stem's or LeNet's input gradient);
     - unit-stride 1x1 correlations that narrow the features (the input gradient
       of a channel-expanding 1x1: 20 -> 16 ms on the bench's expand shape).
@@ -93,6 +95,8 @@ def _taps_pays_on_cpu(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) ->
         return lhs_shape[corr.lhs_axes[1]] > rhs_shape[corr.rhs_axes[0]]
     mode = _taps.choose_mode(lhs_shape, rhs_shape, corr)
     if mode == "positions":
+        if _placed.places(lhs_shape, rhs_shape, corr, itemsize):
+            return True
         small = _terms.entry_bytes(lhs_shape, corr, itemsize) <= MAX_ENTRY_BYTES
         thin = 1 < lhs_shape[corr.lhs_axes[0]] <= _taps.STACKED_CHANNELS
         return math.prod(outs) == 1 or (thin and small)

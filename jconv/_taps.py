@@ -32,6 +32,7 @@ from jax import lax
 
 from ._correlation import Correlation, accumulation_dtype
 from ._fold import folded_positions, folds
+from ._placed import placed_chunk, placed_positions, places
 from ._scatter import THIN, scatter_sum
 from ._terms import (
     dense,
@@ -64,7 +65,14 @@ def taps_correlate(lhs, rhs, corr: Correlation, precision=None, by: str | None =
         return out.astype(lhs.dtype)
     if by == "positions" and folds(lhs, rhs, corr, window, outs):
         by = "folded"
-    chunk = _contraction_chunk(lhs, corr, math.prod(outs)) if by == "positions" else None
+    if by == "positions" and places(lhs.shape, rhs.shape, corr, lhs.dtype.itemsize):
+        by = "placed"
+    chunk = None
+    if by == "positions":
+        chunk = _contraction_chunk(lhs, corr, math.prod(outs))
+    elif by == "placed":
+        chunk = placed_chunk(lhs, rhs, corr)
+        chunk = None if chunk == lhs.shape[corr.lhs_axes[1]] else chunk
     if chunk is None:
         out = _sum_of_terms(lhs, rhs, corr, precision, by, window, outs)
     else:
@@ -142,9 +150,11 @@ def _sum_of_terms(lhs, rhs, corr: Correlation, precision, by, window, outs):
         part = term(lhs, lax.squeeze(rhs, rhs_sp), corr, (), precision, acc)
         return pad(part, corr.out_axes[2:], corr)
     if by == "folded":
-        return _place_positions(
-            folded_positions(lhs, rhs, corr, acc, window, outs), outs, corr.out_axes
-        )
+        stacked = folded_positions(lhs, rhs, corr, acc, window, outs)
+        return _place_positions(stacked, outs, corr.out_axes)
+    if by == "placed":
+        stacked = placed_positions(lhs, rhs, corr, precision, acc, outs)
+        return _place_positions(stacked, outs, corr.out_axes)
     # Pad (and dilate) once: every term is then a plain strided slice, which XLA
     # fuses into its consumer with no per-element bounds checks.
     xp = pad(lhs, lhs_sp, corr)

@@ -13,7 +13,7 @@ from helpers import Config
 from test_equivalence import GRID
 
 import jconv
-from jconv import _bench, _correlate, _fold, _scatter, _taps
+from jconv import _bench, _correlate, _fold, _placed, _scatter, _taps
 
 
 def _hlo(platform, groups, window, lowering="auto"):
@@ -127,30 +127,69 @@ FOLDED = [
 @pytest.mark.parametrize("config", FOLDED, ids=str)
 def test_folded_kernel_gradient_matches_lax(config, dtype):
     config = dataclasses.replace(config, lowering="taps")
-    assert _folds(config)
+    assert _takes(config, "folded_positions", dtype=dtype)
     helpers.check_against_lax(config, dtype)
 
 
 def test_fold_keeps_its_loop_output_within_the_input():
     # LeNet's first layer: 6 outputs per input channel and 25 positions. Folded,
     # the loop's output would be 6 * 25 / F times x, so positions mode is kept.
-    assert not _folds(Config(64, (28, 28), (5, 5), 1, 6))
-    assert _folds(Config(8, (28, 28), (3, 3), 8, 8, groups=8, padding="SAME"))
+    assert not _takes(Config(64, (28, 28), (5, 5), 1, 6), "folded_positions")
+    assert _takes(Config(8, (28, 28), (3, 3), 8, 8, groups=8, padding="SAME"), "folded_positions")
 
 
-def _folds(config) -> bool:
-    """Whether the taps lowering folds ``config``'s kernel gradient (traced only)."""
+def _takes(config, path: str, lowering: str = "taps", dtype=jnp.float32) -> bool:
+    """Whether tracing ``config``'s kernel gradient calls ``_taps``'s ``path``."""
     calls = []
-    real = _fold.folded_positions
-    params, x, _ = config.arrays(jnp.float32)
-    kw = dict(config.kwargs, lowering="taps")
-    z = jconv.conv_forward(params, x, **kw)
+    real = getattr(_taps, path)
+    params, x, _ = config.arrays(dtype)
+    kw = dict(config.kwargs, lowering=lowering)
+    z = jax.eval_shape(lambda p, x: jconv.conv_forward(p, x, **kw), params, x)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_taps, "folded_positions", lambda *a: calls.append(a) or real(*a))
+        patch.setattr(_taps, path, lambda *a: calls.append(a) or real(*a))
         jax.make_jaxpr(lambda x, dz: jconv.conv_grad_kernel(x, dz, params["kernel"].shape, **kw))(
             x, z
         )
     return bool(calls)
+
+
+# Unit-stride kernel gradients with fewer output than input channels place the
+# shifted dz on x's grid (``_placed``); the channel floor is lowered so that small
+# configurations take that path, and the copies' budget so that some chunk.
+PLACED = [
+    Config(3, (7, 6), (3, 3), 5, 2, padding="SAME"),
+    Config(2, (9,), (3,), 4, 3, dilation=3, padding=((4, 1),), layout="channels_first"),
+    Config(2, (5, 4), (2, 3), 3, 2, padding=((3, 0), (0, 4))),  # padding past the kernel
+    Config(4, (4, 3, 5), (2, 2, 3), 3, 2, padding="SAME", dilation=(1, 2, 1)),
+]
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("config", PLACED, ids=str)
+@pytest.mark.parametrize("budget", ["whole", "chunked"])
+def test_placed_kernel_gradient_matches_lax(config, dtype, budget, monkeypatch):
+    monkeypatch.setattr(_placed, "PLACED_CHANNELS", 1)
+    if budget == "chunked":  # one batch entry's copies: the chunk loop runs
+        per_entry = math.prod(config.spatial) * config.c_out * jnp.dtype(dtype).itemsize
+        monkeypatch.setattr(_placed, "PLACED_BYTES", per_entry * math.prod(config.window))
+    config = dataclasses.replace(config, lowering="taps")
+    assert _takes(config, "placed_positions", dtype=dtype)
+    if budget == "chunked":
+        _check_chunked(config, dtype, "kernel")
+    else:
+        helpers.check_against_lax(config, dtype)
+
+
+def test_auto_places_googlenet_kernel_gradient_only():
+    googlenet = Config(8, (28, 28), (5, 5), 192, 32, padding="SAME")
+    assert _takes(googlenet, "placed_positions", "auto")
+    # the mirror (dz the wider operand), a strided one, one with too few channels
+    for other in [
+        dataclasses.replace(googlenet, c_in=32, c_out=192),
+        dataclasses.replace(googlenet, stride=2),
+        dataclasses.replace(googlenet, c_in=48, c_out=16),
+    ]:
+        assert not _takes(other, "placed_positions", "auto")
 
 
 # Scatter mode computes its products a batch chunk at a time in a loop; with a
