@@ -69,7 +69,7 @@ def taps_correlate(lhs, rhs, corr: Correlation, precision=None, by: str | None =
         by = "placed"
     chunk = None
     if by == "positions":
-        chunk = _contraction_chunk(lhs, corr, math.prod(outs))
+        chunk = _contraction_chunk(lhs.shape, lhs.dtype.itemsize, corr, math.prod(outs))
     elif by == "placed":
         chunk = placed_chunk(lhs, rhs, corr)
         chunk = None if chunk == lhs.shape[corr.lhs_axes[1]] else chunk
@@ -111,7 +111,7 @@ def choose_mode(lhs_shape, rhs_shape, corr: Correlation) -> str:
 CHUNK_BYTES = 1 << 19
 
 
-def _contraction_chunk(lhs, corr: Correlation, positions: int) -> int | None:
+def _contraction_chunk(lhs_shape, itemsize, corr: Correlation, positions: int) -> int | None:
     """Chunk size along the lhs feature axis, or ``None`` to contract it in one go.
 
     Only ungrouped-feature correlations are cut (the kernel gradient: its lhs
@@ -120,10 +120,21 @@ def _contraction_chunk(lhs, corr: Correlation, positions: int) -> int | None:
     """
     if corr.feature_group_count != 1:
         return None
-    size = lhs.shape[corr.lhs_axes[1]]
-    if size == 1 or lhs.size * lhs.dtype.itemsize <= CHUNK_BYTES or positions == 1:
+    size = lhs_shape[corr.lhs_axes[1]]
+    if size == 1 or math.prod(lhs_shape) * itemsize <= CHUNK_BYTES or positions == 1:
         return None  # (one position reads the lhs once: nothing to keep in cache)
-    return divisor_within(size, CHUNK_BYTES // entry_bytes(lhs.shape, corr, lhs.dtype.itemsize))
+    return divisor_within(size, CHUNK_BYTES // entry_bytes(lhs_shape, corr, itemsize))
+
+
+def stack_bytes(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) -> int:
+    """Bytes of every position's piece of one batch chunk: what positions mode's
+    im2col (:func:`_stacked`) holds at its peak, where XLA materialises the
+    stacks of all groups before their matmuls."""
+    window, outs = term_counts(lhs_shape, rhs_shape, corr)
+    chunk = _contraction_chunk(lhs_shape, itemsize, corr, math.prod(outs))
+    entries = chunk or lhs_shape[corr.lhs_axes[1]]
+    channels = lhs_shape[corr.lhs_axes[0]]
+    return math.prod(outs) * channels * entries * math.prod(window) * itemsize
 
 
 def _chunked_sum(lhs, rhs, corr: Correlation, precision, by, window, outs, chunk):
