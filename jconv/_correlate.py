@@ -99,12 +99,13 @@ def _taps_pays_on_cpu(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) ->
             return True
         small = _terms.entry_bytes(lhs_shape, corr, itemsize) <= MAX_ENTRY_BYTES
         thin = 1 < lhs_shape[corr.lhs_axes[0]] <= _taps.STACKED_CHANNELS
-        # The im2col stacks of a chunk, all live at once, within twice the larger
-        # operand (XLA's own kernel gradient takes about that: 12.4 MiB for
-        # 3x3@56's 6.4 MB operands); a 7x7 at 56x56 over 64 channels would hold
-        # 39 MiB where XLA needs 4.
+        # The im2col stacks of a chunk, all live at once, within one stack group
+        # or twice the larger operand (XLA's own kernel gradient takes about
+        # that: 12.4 MiB for 3x3@56's 6.4 MB operands); a 7x7 at 56x56 over 64
+        # channels would hold 39 MiB where XLA needs 4.
         operands = max(math.prod(lhs_shape), math.prod(rhs_shape)) * itemsize
-        fits = _taps.stack_bytes(lhs_shape, rhs_shape, corr, itemsize) <= 2 * operands
+        stacks = _taps.stack_bytes(lhs_shape, rhs_shape, corr, itemsize)
+        fits = stacks <= max(2 * operands, _taps.STACK_BYTES)
         return math.prod(outs) == 1 or (thin and small and fits)
     return mode == "scatter"
 
