@@ -14,6 +14,11 @@ the padded, dilated lhs) is computed in one of three modes (:func:`choose_mode`)
   *output* is small (the kernel gradient, whose output is the kernel). The
   positions' slices are stacked side by side into one matmul (im2col) when each
   would be thin, and the contraction runs over cache-sized chunks of the batch.
+  Two variants: where the terms only reduce (depthwise) they are **folded**
+  (``_fold.py``: slabs of the batch summed in one fused loop for all positions,
+  then one reduction), and where the rhs is the thinner operand it is
+  **placed** (``_placed.py``: the rhs shifted onto the lhs grid once per
+  position, side by side, and one matmul against the unsliced lhs).
 - **scatter** (``_scatter.py``): the products first, then shifted and added; for
   thin outputs and strided depthwise input gradients.
 
@@ -54,7 +59,8 @@ def taps_correlate(lhs, rhs, corr: Correlation, precision=None, by: str | None =
         lhs, rhs: operands laid out as ``corr`` says; paddings must be >= 0.
         corr: the correlation.
         precision: passed to the einsums.
-        by: ``"taps"``, ``"positions"``, ``"scatter"`` or ``None`` (:func:`choose_mode`).
+        by: ``"taps"``, ``"positions"``, ``"scatter"`` or ``None`` (:func:`choose_mode`);
+            positions mode folds or places where that applies.
     """
     window, outs = term_counts(lhs.shape, rhs.shape, corr)
     by = by or choose_mode(lhs.shape, rhs.shape, corr)
