@@ -58,14 +58,15 @@ def _fold(lhs, rhs, corr: Correlation, window, outs) -> _Fold | None:
     """How positions mode folds, or ``None`` where it does not.
 
     It folds when its terms only reduce (a broadcast product: depthwise, or one
-    lhs batch entry per group), the lhs is undilated (true of every kernel
-    gradient: each slab is then a strided slice of it), and the folded loop's
+    lhs batch entry per group), the lhs is undilated and its feature axis (the
+    forward's batch, cut into slabs) ungrouped, as in every kernel gradient,
+    and the folded loop's
     output, ``positions / F`` times a slab's product, is no larger than the lhs
     (not so for LeNet's kernel gradient, one input channel against six outputs
     and 25 positions: its products are 6 times ``x``).
     """
-    if any(d > 1 for d in corr.lhs_dilation):
-        return None
+    if any(d > 1 for d in corr.lhs_dilation) or corr.feature_group_count > 1:
+        return None  # (feature groups split the lhs feature axis, which slabs cut)
     lf, ri = corr.lhs_axes[1], corr.rhs_axes[1]
     positions = math.prod(outs)
     most = max(1, FOLD_TERMS // positions)

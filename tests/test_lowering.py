@@ -148,6 +148,24 @@ def test_folded_kernel_gradient_matches_lax(config, dtype):
     helpers.check_against_lax(config, dtype)
 
 
+def test_grouped_forward_in_positions_mode_is_not_folded():
+    # A depthwise forward whose output (1x1x1) is smaller than its window is in
+    # positions mode too, but its lhs feature axis is the grouped channels.
+    config = Config(
+        3,
+        (5, 5, 2),
+        (3, 3, 1),
+        4,
+        4,
+        groups=4,
+        stride=(1, 3, 2),
+        dilation=(2, 2, 2),
+        layout="channels_first",
+        lowering="taps",
+    )
+    helpers.check_against_lax(config, jnp.float32)
+
+
 def test_fold_keeps_its_loop_output_within_the_input():
     # LeNet's first layer: 6 outputs per input channel and 25 positions. Folded,
     # the loop's output would be 6 * 25 / F times x, so positions mode is kept.
