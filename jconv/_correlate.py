@@ -73,7 +73,8 @@ def _taps_pays_on_cpu(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) ->
       of a 1x1 kernel (one matmul), of 2 to 128 input channels (an im2col
       matmul per batch chunk) while one lhs feature entry (one image of the
       forward input) stays cache-sized: with larger entries the chunks lose to
-      XLA, and with wider channels XLA's matmuls are as good; and of unit-stride
+      XLA, with wider channels XLA's matmuls are as good, and stacks that
+      outgrow the operands cost more memory than XLA's; and of unit-stride
       convolutions with fewer output than input channels (``_placed.places``:
       ``dz`` shifted onto ``x``'s grid, one matmul);
     - thin correlations (scatter mode: a stem's or LeNet's input gradient);

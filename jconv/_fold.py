@@ -30,17 +30,24 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._correlation import Correlation
+from ._correlation import Correlation, accumulation_dtype
 from ._terms import Plan, broadcast, divisor_within
 
 # Most products added in the folded loop (positions times slabs): XLA compiles
 # one fused expression with this many terms.
 FOLD_TERMS = 160
+# Positions mode folds while its loops' output stays within this many bytes.
+# Past that the operands outgrow the cache too, and reading them once per
+# position, as the folded loops do, loses to the per-image chunks of the plain
+# positions mode (3x3 depthwise, 28x28x256, dk alone: 8 images 2.4 vs 4.2 ms,
+# 16 images 8.0 vs 9.4 ms with a 6.9 MiB output; 32 images 20 vs 16 ms).
+FOLD_BYTES = 1 << 23
 
 
 def folds(lhs, rhs, corr: Correlation, window, outs) -> bool:
-    """Whether positions mode folds (see :func:`_fold`)."""
-    return _fold(lhs, rhs, corr, window, outs) is not None
+    """Whether positions mode folds (see :func:`_fold`), whole batch at once."""
+    fold = _fold(lhs, rhs, corr, window, outs)
+    return fold is not None and fold.output_bytes <= FOLD_BYTES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,18 +59,19 @@ class _Fold:
     rows: int  # rows per row slab
     lhs_slab: jax.ShapeDtypeStruct
     rhs_slab: jax.ShapeDtypeStruct
+    output_bytes: int  # of the folded loops, all positions
 
 
 def _fold(lhs, rhs, corr: Correlation, window, outs) -> _Fold | None:
-    """How positions mode folds, or ``None`` where it does not.
+    """How positions mode folds, or ``None`` where it cannot.
 
     It folds when its terms only reduce (a broadcast product: depthwise, or one
     lhs batch entry per group), the lhs is undilated and its feature axis (the
     forward's batch, cut into slabs) ungrouped, as in every kernel gradient,
-    and the folded loop's
-    output, ``positions / F`` times a slab's product, is no larger than the lhs
-    (not so for LeNet's kernel gradient, one input channel against six outputs
-    and 25 positions: its products are 6 times ``x``).
+    and the folded loops' output, ``positions / F`` times a slab's product in
+    the accumulation dtype, is no larger than the lhs (not so for LeNet's kernel
+    gradient, one input channel against six outputs and 25 positions: its
+    products are 6 times ``x``).
     """
     if any(d > 1 for d in corr.lhs_dilation) or corr.feature_group_count > 1:
         return None  # (feature groups split the lhs feature axis, which slabs cut)
@@ -71,8 +79,11 @@ def _fold(lhs, rhs, corr: Correlation, window, outs) -> _Fold | None:
     positions = math.prod(outs)
     most = max(1, FOLD_TERMS // positions)
     batches = divisor_within(lhs.shape[lf], most)
-    # Then rows: the fewest slabs that bring the fold to ``positions``, if any fit.
-    need, fit = -(-positions // batches), most // batches
+    # Then rows: the fewest slabs that bring the output to the lhs's bytes
+    # (``positions`` slabs, twice that for half-precision lhs and float32 sums).
+    dtype = jnp.dtype(accumulation_dtype(lhs.dtype) or lhs.dtype)
+    widen = dtype.itemsize // jnp.dtype(lhs.dtype).itemsize
+    need, fit = -(-positions * widen // batches), most // batches
     enough = [d for d in range(need, fit + 1) if window[0] % d == 0]
     by_rows = enough[0] if enough else divisor_within(window[0], fit)
     if batches * by_rows == 1:
@@ -86,9 +97,10 @@ def _fold(lhs, rhs, corr: Correlation, window, outs) -> _Fold | None:
         return None
     sizes = dict(zip(plan.x_spec, plan.lhs_shape(lhs_slab.shape), strict=True))
     sizes |= dict(zip(plan.w_spec, plan.rhs_shape(rhs_slab.shape), strict=True))
-    if positions * math.prod(sizes[c] for c in order) > lhs.size:
+    output = positions * math.prod(sizes[c] for c in order) * dtype.itemsize
+    if output > math.prod(lhs.shape) * jnp.dtype(lhs.dtype).itemsize:
         return None
-    return _Fold(plan, order, batches, batch, rows, lhs_slab, rhs_slab)
+    return _Fold(plan, order, batches, batch, rows, lhs_slab, rhs_slab, output)
 
 
 def _slab_shape(a, axes, sizes):

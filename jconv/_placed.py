@@ -41,7 +41,8 @@ def places(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) -> bool:
     """Whether positions mode places the rhs (see the module docstring).
 
     For dense correlations with an undilated lhs and unit rhs dilation (the
-    kernel gradients of unit-stride convolutions) whose rhs has fewer output
+    kernel gradients of unit-stride convolutions; also a forward whose output is
+    smaller than its kernel, which the same algebra covers) whose rhs has fewer output
     features than the lhs has batch entries (``C_out < C_in``), at least
     :data:`PLACED_CHANNELS` of those, and whose shifted copies for one batch
     entry fit :data:`PLACED_BYTES`. Measured against XLA:CPU's convolution on
@@ -57,17 +58,21 @@ def places(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) -> bool:
     if math.prod(outs) >= math.prod(window) or math.prod(outs) == 1:
         return False  # not positions mode, or one position (a plain matmul)
     channels, features = lhs_shape[corr.lhs_axes[0]], rhs_shape[corr.rhs_axes[0]]
-    spatial = math.prod(lhs_shape[a] for a in corr.lhs_axes[2:])
-    copies = math.prod(outs) * spatial * features * itemsize
+    copies = _copies_bytes(lhs_shape, rhs_shape, corr, itemsize)
     return PLACED_CHANNELS <= channels and features < channels and copies <= PLACED_BYTES
 
 
 def placed_chunk(lhs, rhs, corr: Correlation) -> int:
     """Batch entries per chunk: the shifted copies within :data:`PLACED_BYTES`."""
-    _, outs = term_counts(lhs.shape, rhs.shape, corr)
-    spatial = math.prod(lhs.shape[a] for a in corr.lhs_axes[2:])
-    copies = math.prod(outs) * spatial * rhs.shape[corr.rhs_axes[0]] * rhs.dtype.itemsize
+    copies = _copies_bytes(lhs.shape, rhs.shape, corr, rhs.dtype.itemsize)
     return divisor_within(lhs.shape[corr.lhs_axes[1]], PLACED_BYTES // copies)
+
+
+def _copies_bytes(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) -> int:
+    """Bytes of every position's shifted rhs for one batch entry (on the lhs grid)."""
+    _, outs = term_counts(lhs_shape, rhs_shape, corr)
+    spatial = math.prod(lhs_shape[a] for a in corr.lhs_axes[2:])
+    return math.prod(outs) * spatial * rhs_shape[corr.rhs_axes[0]] * itemsize
 
 
 def placed_positions(lhs, rhs, corr: Correlation, precision, acc, outs):

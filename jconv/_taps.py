@@ -69,16 +69,14 @@ def taps_correlate(lhs, rhs, corr: Correlation, precision=None, by: str | None =
     if by == "scatter":
         out = scatter_sum(lhs, rhs, corr, precision, window, outs)
         return out.astype(lhs.dtype)
+    chunk = None
     if by == "positions" and folds(lhs, rhs, corr, window, outs):
         by = "folded"
-    if by == "positions" and places(lhs.shape, rhs.shape, corr, lhs.dtype.itemsize):
-        by = "placed"
-    chunk = None
-    if by == "positions":
-        chunk = _contraction_chunk(lhs.shape, lhs.dtype.itemsize, corr, math.prod(outs))
-    elif by == "placed":
-        chunk = placed_chunk(lhs, rhs, corr)
+    elif by == "positions" and places(lhs.shape, rhs.shape, corr, lhs.dtype.itemsize):
+        by, chunk = "placed", placed_chunk(lhs, rhs, corr)
         chunk = None if chunk == lhs.shape[corr.lhs_axes[1]] else chunk
+    elif by == "positions":
+        chunk = _contraction_chunk(lhs.shape, lhs.dtype.itemsize, corr, math.prod(outs))
     if chunk is None:
         out = _sum_of_terms(lhs, rhs, corr, precision, by, window, outs)
     else:
@@ -133,9 +131,9 @@ def _contraction_chunk(lhs_shape, itemsize, corr: Correlation, positions: int) -
 
 
 def stack_bytes(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) -> int:
-    """Bytes of every position's piece of one batch chunk: what positions mode's
-    im2col (:func:`_stacked`) holds at its peak, where XLA materialises the
-    stacks of all groups before their matmuls."""
+    """Bytes of every position's piece of one batch chunk: what positions mode
+    holds at its peak, as XLA materialises the pieces of all positions (stacked
+    by :func:`_stacked`, or each its own matmul operand) before the matmuls."""
     window, outs = term_counts(lhs_shape, rhs_shape, corr)
     chunk = _contraction_chunk(lhs_shape, itemsize, corr, math.prod(outs))
     entries = chunk or lhs_shape[corr.lhs_axes[1]]

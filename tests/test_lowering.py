@@ -55,7 +55,7 @@ def test_dense_kernel_gradient_of_large_images_stays_xla(monkeypatch):
 
 
 def test_im2col_kernel_gradient_wider_than_its_operands_stays_xla():
-    # 7x7 over 64 channels at 56x56: the stacks of one image would hold 39 MiB
+    # 7x7 over 64 channels at 56x56: the stacks of one image would hold 38.6 MiB
     # (the operands are 3.2 and 0.8 MB), and dz placed on x's grid 9.8 MB; at
     # 3x3 the latter is 1.8 MB, and taps are kept.
     def kernel_gradient_convs(window):
@@ -134,18 +134,23 @@ FOLDED = [
     Config(2, (11,), (3,), 2, 2, groups=2, dilation=3, padding=4, layout="channels_first"),
     Config(6, (1,), (2,), 2, 2, groups=2, stride=3, padding=4),  # a position in padding only
     Config(6, (6, 3, 5), (2, 2, 3), 2, 2, groups=2, padding="SAME"),
+    # half precision sums in float32: twice the slabs per position
+    Config(8, (6, 5), (2, 2), 3, 3, groups=3, padding="SAME"),
+    Config(8, (12,), (2,), 4, 8, groups=4, padding=((0, 1),), layout="channels_first"),
 ]
 
 
 @pytest.mark.parametrize(
     "config, dtype",
-    [(c, jnp.float32) for c in FOLDED] + [(c, jnp.bfloat16) for c in FOLDED[:2]],
+    [(c, jnp.float32) for c in FOLDED[:-2]] + [(c, jnp.bfloat16) for c in FOLDED[-2:]],
     ids=str,
 )
 def test_folded_kernel_gradient_matches_lax(config, dtype):
     config = dataclasses.replace(config, lowering="taps")
     assert _takes(config, "folded_positions", dtype=dtype)
+    helpers._compiled.cache_clear()
     helpers.check_against_lax(config, dtype)
+    helpers._compiled.cache_clear()
 
 
 def test_grouped_forward_in_positions_mode_is_not_folded():
@@ -163,7 +168,14 @@ def test_grouped_forward_in_positions_mode_is_not_folded():
         layout="channels_first",
         lowering="taps",
     )
-    helpers.check_against_lax(config, jnp.float32)
+    calls = []
+    real = _fold.folded_positions
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_taps, "folded_positions", lambda *a: calls.append(a) or real(*a))
+        helpers._compiled.cache_clear()
+        helpers.check_against_lax(config, jnp.float32)
+        helpers._compiled.cache_clear()
+    assert not calls
 
 
 def test_fold_keeps_its_loop_output_within_the_input():
@@ -171,6 +183,10 @@ def test_fold_keeps_its_loop_output_within_the_input():
     # the loop's output would be 6 * 25 / F times x, so positions mode is kept.
     assert not _takes(Config(64, (28, 28), (5, 5), 1, 6), "folded_positions")
     assert _takes(Config(8, (28, 28), (3, 3), 8, 8, groups=8, padding="SAME"), "folded_positions")
+    # ... and within FOLD_BYTES: 32 images of 28x28x256 would need 13.8 MiB
+    assert not _takes(
+        Config(32, (28, 28), (3, 3), 256, 256, groups=256, padding="SAME"), "folded_positions"
+    )
 
 
 def _takes(config, path: str, lowering: str = "taps", dtype=jnp.float32) -> bool:
@@ -216,7 +232,9 @@ def test_placed_kernel_gradient_matches_lax(config, dtype, budget, monkeypatch):
     if budget == "chunked":
         _check_chunked(config, dtype, "kernel")
     else:
+        helpers._compiled.cache_clear()
         helpers.check_against_lax(config, dtype)
+        helpers._compiled.cache_clear()
 
 
 def test_auto_places_googlenet_kernel_gradient_only():
