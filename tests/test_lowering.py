@@ -249,6 +249,20 @@ def test_auto_places_googlenet_kernel_gradient_only():
         assert not _takes(other, "placed_positions", "auto")
 
 
+def test_half_precision_chunks_are_converted_one_at_a_time():
+    # XLA:CPU slices half-precision arrays in float32; a chunk loop over
+    # dynamic slices of the operands must not make float32 copies of them whole.
+    x = jax.ShapeDtypeStruct((16, 32, 32, 64), jnp.bfloat16)
+    fn = jax.jit(
+        lambda x, dz: jconv.conv_grad_kernel(
+            x, dz, (3, 3, 1, 64), padding="SAME", groups=64, lowering="taps"
+        )
+    )
+    assert "scan" in str(jax.make_jaxpr(fn)(x, x))  # the chunk loop
+    hlo = fn.lower(x, x).compile().as_text()
+    assert "bf16[16,32,32,64]" in hlo and "f32[16,32,32,64]" not in hlo
+
+
 # Scatter mode computes its products a batch chunk at a time in a loop; with a
 # budget of one byte every chunk is a single batch entry.
 SCATTERED = [
