@@ -18,7 +18,16 @@ import jax.numpy as jnp
 from jax import lax
 
 from ._correlation import Correlation, accumulation_dtype
-from ._terms import dense, divisor_within, kernel_tap, pad, tap_starts, term, window_slice
+from ._terms import (
+    dense,
+    divisor_within,
+    dynamic_slice_bits,
+    kernel_tap,
+    pad,
+    tap_starts,
+    term,
+    window_slice,
+)
 
 # Output features up to which a correlation counts as thin (see choose_mode).
 THIN = 4
@@ -103,7 +112,7 @@ def _in_batch_chunks(f, lhs, chunk: int, corr: Correlation):
     out = jnp.zeros(_resized(part.shape, ob, part.shape[ob] * count), part.dtype)
 
     def step(i, out):
-        part = f(lax.dynamic_slice_in_dim(lhs, i * chunk, chunk, axis=lb))
+        part = f(dynamic_slice_bits(lhs, i * chunk, chunk, lb))
         return lax.dynamic_update_slice_in_dim(out, part, i * chunk, ob)
 
     return lax.fori_loop(0, count, step, out)

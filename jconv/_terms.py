@@ -55,6 +55,22 @@ def window_slice(a, axes, starts, counts, strides):
     return lax.slice(a, begin, limit, step)
 
 
+def dynamic_slice_bits(a, start, size, axis):
+    """``lax.dynamic_slice_in_dim``, on the bits of a half-precision ``a``.
+
+    XLA:CPU slices half-precision arrays in float32, converting the whole
+    operand ahead of a chunk loop (``_taps._chunked_sum``,
+    ``_scatter._in_batch_chunks``). Sliced as 16-bit integers, only a copy of
+    the bits is made: bfloat16 depthwise kernel gradient over 64 images of
+    56x56x64, 106 -> 57 MiB and 79 -> 56 ms; the stem's kernel gradient 45 ->
+    30 MiB and 54 -> 38 ms; 3x3@56's 27 -> 20 MiB at the same 34-36 ms.
+    """
+    if a.dtype.itemsize != 2:
+        return lax.dynamic_slice_in_dim(a, start, size, axis)
+    bits = lax.dynamic_slice_in_dim(lax.bitcast_convert_type(a, jnp.uint16), start, size, axis)
+    return lax.bitcast_convert_type(bits, a.dtype)
+
+
 def tap_starts(tap, corr: Correlation) -> list[int]:
     """Where window tap ``tap`` starts in the (dilated) window: ``tap * rhs_dilation``."""
     return [t * rd for t, rd in zip(tap, corr.rhs_dilation, strict=True)]

@@ -249,17 +249,29 @@ def test_auto_places_googlenet_kernel_gradient_only():
         assert not _takes(other, "placed_positions", "auto")
 
 
-def test_half_precision_chunks_are_converted_one_at_a_time():
+@pytest.mark.parametrize("gradient", ["kernel", "input"])
+def test_half_precision_chunks_are_converted_one_at_a_time(gradient):
     # XLA:CPU slices half-precision arrays in float32; a chunk loop over
-    # dynamic slices of the operands must not make float32 copies of them whole.
-    x = jax.ShapeDtypeStruct((16, 32, 32, 64), jnp.bfloat16)
-    fn = jax.jit(
-        lambda x, dz: jconv.conv_grad_kernel(
-            x, dz, (3, 3, 1, 64), padding="SAME", groups=64, lowering="taps"
+    # dynamic slices of an operand must not make a float32 copy of it whole.
+    # The kernel gradient's batch-chunk loop (depthwise, too wide to fold), and
+    # the scatter loop of a thin input gradient.
+    big = jax.ShapeDtypeStruct((16, 32, 32, 64), jnp.bfloat16)
+    if gradient == "kernel":
+        fn = jax.jit(
+            lambda x, dz: jconv.conv_grad_kernel(
+                x, dz, (3, 3, 1, 64), padding="SAME", groups=64, lowering="taps"
+            )
         )
-    )
-    assert "scan" in str(jax.make_jaxpr(fn)(x, x))  # the chunk loop
-    hlo = fn.lower(x, x).compile().as_text()
+        args = (big, big)
+    else:
+        fn = jax.jit(
+            lambda dz, k: jconv.conv_grad_input(
+                dz, k, (16, 32, 32, 1), padding="SAME", lowering="taps"
+            )
+        )
+        args = (big, jax.ShapeDtypeStruct((5, 5, 1, 64), jnp.bfloat16))
+    assert "scan" in str(jax.make_jaxpr(fn)(*args))  # the chunk loop
+    hlo = fn.lower(*args).compile().as_text()
     assert "bf16[16,32,32,64]" in hlo and "f32[16,32,32,64]" not in hlo
 
 
