@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ._correlation import Correlation, accumulation_dtype
-from ._terms import Plan, broadcast, divisor_within
+from ._terms import Plan, divisor_within, resized
 
 # Most products added in the folded loop (positions times slabs): XLA compiles
 # one fused expression with this many terms.
@@ -104,10 +104,7 @@ def _fold(lhs, rhs, corr: Correlation, window, outs) -> _Fold | None:
 
 
 def _slab_shape(a, axes, sizes):
-    shape = list(a.shape)
-    for axis, size in zip(axes, sizes, strict=True):
-        shape[axis] = size
-    return jax.ShapeDtypeStruct(shape, a.dtype)
+    return jax.ShapeDtypeStruct(resized(a.shape, axes, sizes), a.dtype)
 
 
 def folded_positions(lhs, rhs, corr: Correlation, acc, window, outs):
@@ -124,9 +121,7 @@ def folded_positions(lhs, rhs, corr: Correlation, acc, window, outs):
     dtype = acc or lhs.dtype
 
     def product(x, w):
-        return broadcast(plan.lhs(x), plan.x_spec, order, dtype) * broadcast(
-            plan.rhs(w), plan.w_spec, order, dtype
-        )
+        return plan.product(x, w, order, dtype)
 
     full = jax.eval_shape(product, fold.lhs_slab, fold.rhs_slab).shape
     axes = [order.index(c) for c in plan.spatial]  # the spatial axes of a product

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ._correlation import Correlation
-from ._terms import dense, divisor_within, term, term_counts
+from ._terms import dense, divisor_within, positions_last, term, term_counts
 
 # The shifted rhs copies of one batch chunk are kept under this many bytes.
 PLACED_BYTES = 1 << 22
@@ -97,5 +97,4 @@ def placed_positions(lhs, rhs, corr: Correlation, precision, acc, outs):
     placed = jnp.concatenate(shifted, axis=ro)
     out = term(lhs, placed, corr, tuple(range(len(outs))), precision, acc)
     axis = sorted(corr.out_axes[:2]).index(corr.out_axes[1])  # features: (position, out)
-    out = out.reshape(*out.shape[:axis], len(shifted), -1, *out.shape[axis + 1 :])
-    return jnp.moveaxis(out, axis, -1)
+    return positions_last(out, axis, len(shifted))

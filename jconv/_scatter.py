@@ -24,6 +24,7 @@ from ._terms import (
     dynamic_slice_bits,
     kernel_tap,
     pad,
+    resized,
     tap_starts,
     term,
     window_slice,
@@ -108,18 +109,14 @@ def _in_batch_chunks(f, lhs, chunk: int, corr: Correlation):
     count = lhs.shape[lb] // chunk
     if count == 1:
         return f(lhs)
-    part = jax.eval_shape(f, jax.ShapeDtypeStruct(_resized(lhs.shape, lb, chunk), lhs.dtype))
-    out = jnp.zeros(_resized(part.shape, ob, part.shape[ob] * count), part.dtype)
+    part = jax.eval_shape(f, jax.ShapeDtypeStruct(resized(lhs.shape, (lb,), (chunk,)), lhs.dtype))
+    out = jnp.zeros(resized(part.shape, (ob,), (part.shape[ob] * count,)), part.dtype)
 
     def step(i, out):
         part = f(dynamic_slice_bits(lhs, i * chunk, chunk, lb))
         return lax.dynamic_update_slice_in_dim(out, part, i * chunk, ob)
 
     return lax.fori_loop(0, count, step, out)
-
-
-def _resized(shape, axis: int, size: int) -> tuple[int, ...]:
-    return (*shape[:axis], size, *shape[axis + 1 :])
 
 
 # The scatter mode's products are computed this many bytes (a batch chunk) at a time.

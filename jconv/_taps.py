@@ -46,6 +46,7 @@ from ._terms import (
     entry_bytes,
     kernel_tap,
     pad,
+    positions_last,
     tap_starts,
     term,
     term_counts,
@@ -221,8 +222,7 @@ def _stacked(xp, rhs, corr: Correlation, precision, acc, window, starts):
     for first in range(0, len(pieces), per_group):
         group = pieces[first : first + per_group]
         part = term(jnp.concatenate(group, axis=0), rhs, corr, summed, precision, acc)
-        part = part.reshape(*part.shape[:axis], len(group), -1, *part.shape[axis + 1 :])
-        parts.append(jnp.moveaxis(part, axis, -1))
+        parts.append(positions_last(part, axis, len(group)))
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
 
 

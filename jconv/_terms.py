@@ -71,6 +71,21 @@ def dynamic_slice_bits(a, start, size, axis):
     return lax.bitcast_convert_type(bits, a.dtype)
 
 
+def resized(shape, axes, sizes) -> tuple[int, ...]:
+    """``shape`` with each of ``axes`` given the matching size of ``sizes``."""
+    shape = list(shape)
+    for axis, size in zip(axes, sizes, strict=True):
+        shape[axis] = size
+    return tuple(shape)
+
+
+def positions_last(out, axis: int, count: int):
+    """``out`` with ``count`` positions split off the front of ``axis`` (position-major
+    there, as an im2col matmul leaves them) and moved to a new trailing axis."""
+    out = out.reshape(*out.shape[:axis], count, -1, *out.shape[axis + 1 :])
+    return jnp.moveaxis(out, axis, -1)
+
+
 def tap_starts(tap, corr: Correlation) -> list[int]:
     """Where window tap ``tap`` starts in the (dilated) window: ``tap * rhs_dilation``."""
     return [t * rd for t, rd in zip(tap, corr.rhs_dilation, strict=True)]
@@ -123,20 +138,17 @@ def term(piece, rhs, corr: Correlation, summed_spatial, precision, acc):
     piece's spatial axes).
     """
     plan = Plan.of(piece, rhs, corr, summed_spatial)
-    x, w = plan.lhs(piece), plan.rhs(rhs)
     order = plan.broadcast_order(piece.shape, rhs.shape)
     if order is None:
         out = jnp.einsum(
             f"{plan.x_spec},{plan.w_spec}->{plan.out_spec}",
-            x,
-            w,
+            plan.lhs(piece),
+            plan.rhs(rhs),
             precision=precision,
             preferred_element_type=acc,
         )
     else:
-        dtype = acc or x.dtype
-        prod = broadcast(x, plan.x_spec, order, dtype) * broadcast(w, plan.w_spec, order, dtype)
-        out = plan.reduce(prod, order)
+        out = plan.reduce(plan.product(piece, rhs, order, acc or piece.dtype), order)
     return plan.merge(out)
 
 
@@ -229,6 +241,11 @@ class Plan:
         sizes = dict(zip(self.x_spec, x, strict=True)) | dict(zip(self.w_spec, w, strict=True))
         return _broadcast_order(self.x_spec, self.w_spec, self.out_spec, sizes)
 
+    def product(self, piece, rhs, order, dtype):
+        """The term's broadcast product in ``dtype``, its axes the letters ``order``."""
+        x = _broadcast(self.lhs(piece), self.x_spec, order, dtype)
+        return x * _broadcast(self.rhs(rhs), self.w_spec, order, dtype)
+
     def contracted(self) -> list[str]:
         return [c for c in self.x_spec if c in self.w_spec and c not in self.out_spec]
 
@@ -305,6 +322,6 @@ def _monotone(spec, order) -> bool:
     return positions == sorted(positions)
 
 
-def broadcast(a, spec, order, dtype):
+def _broadcast(a, spec, order, dtype):
     """``a`` in ``dtype``, reshaped (never transposed) to broadcast over the letters ``order``."""
     return a.reshape([a.shape[spec.index(c)] if c in spec else 1 for c in order]).astype(dtype)
