@@ -1,8 +1,10 @@
 """``jconv bench``: jconv's fwd+bwd against ``jax.grad`` of lax (and PyTorch), per shape.
 
-For each shape of :data:`SUITE`, times a jit-compiled gradient (w.r.t. x, kernel
-and bias) of ``sum(conv(x) * ct)`` for jconv (``lowering="auto"``) and for
-``lax.conv_general_dilated`` + bias under ``jax.grad``, interleaved (A B A B ...)
+For each shape of :data:`SUITE`, times a jit-compiled training step's convolution
+work: the value of ``sum(conv(x) * ct)`` and its gradient w.r.t. x, kernel and
+bias (``jax.value_and_grad``, so the forward is computed, as in torch's runner)
+for jconv (``lowering="auto"``) and for ``lax.conv_general_dilated`` + bias
+under autodiff, interleaved (A B A B ...)
 after a warm-up, and reports medians, the ratio jconv / autodiff, forward-only
 times, compile times, achieved GFLOP/s next to the machine's float32 matmul
 GFLOP/s measured in the same process, the compiled programs' temporary memory,
@@ -132,12 +134,18 @@ def _compile(fn, *args):
 
 
 def _grad_fn(forward, shape: Shape):
-    """Gradients of ``sum(conv(x) * ct)``; ``ct`` is an argument, as in a real step."""
+    """The loss ``sum(conv(x) * ct)`` and its gradients; ``ct`` is an argument, as in a real step.
+
+    The loss is returned with the gradients: it is linear in ``conv(x)``, so under
+    ``jax.grad`` alone XLA drops the forward convolution as dead code and would
+    time the backward pass only, where torch's runner (and a training step, whose
+    next layer reads ``conv(x)``) computes the forward as well.
+    """
 
     def loss(p, x, ct):
         return jnp.sum(forward(p, x, **shape.config.kwargs) * ct)
 
-    return jax.grad(loss, argnums=(0, 1))
+    return jax.value_and_grad(loss, argnums=(0, 1))
 
 
 def _torch_runners(named: Shape) -> dict[str, Any]:

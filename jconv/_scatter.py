@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import math
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -21,10 +20,9 @@ from ._correlation import Correlation, accumulation_dtype
 from ._terms import (
     dense,
     divisor_within,
-    dynamic_slice_bits,
+    in_batch_chunks,
     kernel_tap,
     pad,
-    resized,
     tap_starts,
     term,
     window_slice,
@@ -75,7 +73,7 @@ def scatter_sum(lhs, rhs, corr: Correlation, precision, window, outs):
     spatial = math.prod(lhs.shape[a] for a in corr.lhs_axes[2:])
     entry_bytes = spatial * len(taps) * features * jnp.dtype(acc or lhs.dtype).itemsize
     chunk = divisor_within(lhs.shape[corr.lhs_axes[0]], SCATTER_BYTES // entry_bytes)
-    return _in_batch_chunks(scatter, lhs, chunk, corr)
+    return in_batch_chunks(scatter, lhs, chunk, corr)
 
 
 def _side_by_side(rhs, corr: Correlation):
@@ -95,28 +93,6 @@ def _side_by_side(rhs, corr: Correlation):
     moved = jnp.transpose(rhs, perm)
     at = perm.index(spatial[0])
     return moved.reshape(*moved.shape[:at], -1, *moved.shape[at + len(spatial) + 1 :])
-
-
-def _in_batch_chunks(f, lhs, chunk: int, corr: Correlation):
-    """``f(lhs)``, computed ``chunk`` batch entries at a time in a ``fori_loop``.
-
-    Each step slices its chunk out of ``lhs`` and writes ``f``'s result into the
-    output in place. The loop reads ``lhs`` as it is: mapping over a reshaped
-    ``(chunks, chunk, ...)`` copy instead (``lax.map``) made XLA copy the whole
-    lhs when it is an entry parameter, e.g. a loss's cotangent.
-    """
-    lb, ob = corr.lhs_axes[0], corr.out_axes[0]
-    count = lhs.shape[lb] // chunk
-    if count == 1:
-        return f(lhs)
-    part = jax.eval_shape(f, jax.ShapeDtypeStruct(resized(lhs.shape, (lb,), (chunk,)), lhs.dtype))
-    out = jnp.zeros(resized(part.shape, (ob,), (part.shape[ob] * count,)), part.dtype)
-
-    def step(i, out):
-        part = f(dynamic_slice_bits(lhs, i * chunk, chunk, lb))
-        return lax.dynamic_update_slice_in_dim(out, part, i * chunk, ob)
-
-    return lax.fori_loop(0, count, step, out)
 
 
 # The scatter mode's products are computed this many bytes (a batch chunk) at a time.

@@ -14,6 +14,7 @@ import dataclasses
 import math
 import string
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -60,7 +61,7 @@ def dynamic_slice_bits(a, start, size, axis):
 
     XLA:CPU slices half-precision arrays in float32, converting the whole
     operand ahead of a chunk loop (``_taps._chunked_sum``,
-    ``_scatter._in_batch_chunks``). Sliced as 16-bit integers, only a copy of
+    ``in_batch_chunks``). Sliced as 16-bit integers, only a copy of
     the bits is made: bfloat16 depthwise kernel gradient over 64 images of
     56x56x64, 106 -> 57 MiB and 79 -> 56 ms; the stem's kernel gradient 45 ->
     30 MiB and 54 -> 38 ms; 3x3@56's 27 -> 20 MiB at the same 34-36 ms.
@@ -69,6 +70,28 @@ def dynamic_slice_bits(a, start, size, axis):
         return lax.dynamic_slice_in_dim(a, start, size, axis)
     bits = lax.dynamic_slice_in_dim(lax.bitcast_convert_type(a, jnp.uint16), start, size, axis)
     return lax.bitcast_convert_type(bits, a.dtype)
+
+
+def in_batch_chunks(f, lhs, chunk: int, corr: Correlation):
+    """``f(lhs)``, computed ``chunk`` batch entries at a time in a ``fori_loop``.
+
+    Each step slices its chunk out of ``lhs`` and writes ``f``'s result into the
+    output in place. The loop reads ``lhs`` as it is: mapping over a reshaped
+    ``(chunks, chunk, ...)`` copy instead (``lax.map``) made XLA copy the whole
+    lhs when it is an entry parameter, e.g. a loss's cotangent.
+    """
+    lb, ob = corr.lhs_axes[0], corr.out_axes[0]
+    count = lhs.shape[lb] // chunk
+    if count == 1:
+        return f(lhs)
+    part = jax.eval_shape(f, jax.ShapeDtypeStruct(resized(lhs.shape, (lb,), (chunk,)), lhs.dtype))
+    out = jnp.zeros(resized(part.shape, (ob,), (part.shape[ob] * count,)), part.dtype)
+
+    def step(i, out):
+        part = f(dynamic_slice_bits(lhs, i * chunk, chunk, lb))
+        return lax.dynamic_update_slice_in_dim(out, part, i * chunk, ob)
+
+    return lax.fori_loop(0, count, step, out)
 
 
 def resized(shape, axes, sizes) -> tuple[int, ...]:

@@ -116,6 +116,8 @@ def _check_chunked(config, dtype, gradient):
     if gradient == "kernel":
         jaxpr = jax.make_jaxpr(lambda x, dz: jconv.conv_grad_kernel(x, dz, kernel.shape, **kw))
         jaxpr = str(jaxpr(x, z))
+    elif gradient == "forward":
+        jaxpr = str(jax.make_jaxpr(lambda p, x: jconv.conv_forward(p, x, **kw))(params, x))
     else:
         jaxpr = jax.make_jaxpr(lambda dz, k: jconv.conv_grad_input(dz, k, x.shape, **kw))
         jaxpr = str(jaxpr(z, kernel))
@@ -301,6 +303,48 @@ def test_scatter_chunks_read_an_entry_parameter_in_place(monkeypatch):
     assert "scan" in str(jax.make_jaxpr(fn)(dz, kernel))
     stats = fn.lower(dz, kernel).compile().memory_analysis()
     assert stats.temp_size_in_bytes < dz.nbytes // 2
+
+
+# Taps mode pads its lhs in batch chunks once the padded copy outgrows
+# ``PAD_BYTES``; with budgets of a byte every chunk is one batch entry.
+PADDED_IN_CHUNKS = [
+    Config(5, (7, 6), (3, 3), 4, 4, groups=4, stride=2, padding="SAME"),  # prime N
+    Config(4, (9,), (3,), 6, 4, groups=2, dilation=2, padding=3, layout="channels_first"),
+    Config(2, (5, 4, 3), (3, 2, 2), 3, 2, padding=((1, 2), (0, 1), (1, 1)), lowering="taps"),
+]
+
+
+@pytest.mark.parametrize("config", PADDED_IN_CHUNKS, ids=str)
+def test_taps_padded_in_batch_chunks_match_lax(config, monkeypatch):
+    monkeypatch.setattr(_taps, "PAD_BYTES", 0)
+    monkeypatch.setattr(_taps, "PAD_CHUNK_BYTES", 1)
+    _check_chunked(config, jnp.float32, "forward")
+
+
+def test_taps_forward_pads_large_inputs_a_chunk_at_a_time(monkeypatch):
+    # 4 images of 58x58x64 padded: 3.4 MB at once, 0.9 MB a chunk (and the
+    # loop's 0.8 MB output).
+    monkeypatch.setattr(_taps, "PAD_BYTES", 1 << 20)
+    params = jconv.conv_init(jax.random.key(0), 64, 64, (3, 3), groups=64)
+    x = jnp.ones((4, 56, 56, 64))
+    fn = jax.jit(lambda p, x: jconv.conv_forward(p, x, groups=64, stride=2, padding="SAME"))
+    stats = fn.lower(params, x).compile().memory_analysis()
+    assert stats.temp_size_in_bytes <= 4 * 58 * 58 * 64 * 4 // 2
+
+
+def test_taps_forward_under_a_reduction_slices_in_place():
+    # XLA:CPU fused the taps' sum into the loss's reduction, which cannot take
+    # slices, and copied every tap's slice of x out first: 25 of f32[16,24,24,1].
+    params = jconv.conv_init(jax.random.key(0), 1, 6, (5, 5))
+    x, ct = jnp.ones((16, 28, 28, 1)), jnp.ones((16, 24, 24, 6))
+
+    def loss(p, x, ct):
+        return jnp.sum(jconv.conv_forward(p, x) * ct)
+
+    step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+    hlo = step.lower(params, x, ct).compile().as_text()
+    entry = hlo[hlo.index("\nENTRY") :]  # the buffers; fusions' insides come before
+    assert "= f32[16,24,24,1]" not in entry
 
 
 @pytest.mark.parametrize("lowering, expect_convs", [("xla", True), ("taps", False)])
