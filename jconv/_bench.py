@@ -14,6 +14,7 @@ and PyTorch CPU's fwd+bwd (best of NCHW and channels_last) when torch imports.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import statistics
@@ -210,7 +211,7 @@ def bench_shape(shape: Shape, repeats: int, torch: bool, peak: float) -> dict[st
     params, x, ct = shape.config.arrays()
     z_shape = ct.shape
     contenders = {
-        "jconv": conv_forward,
+        "jconv": functools.partial(conv_forward, lowering=shape.config.lowering),
         "autodiff": autodiff.conv_forward,
     }
     result: dict[str, Any] = {"shape": {"name": shape.name, **dataclasses.asdict(shape.config)}}
@@ -245,10 +246,18 @@ def bench_shape(shape: Shape, repeats: int, torch: bool, peak: float) -> dict[st
 
 
 def run(
-    names: list[str] | None = None, repeats: int = 5, torch: bool = True, progress=print
+    names: list[str] | None = None,
+    repeats: int = 5,
+    torch: bool = True,
+    progress=print,
+    lowering: str = "auto",
 ) -> dict[str, Any]:
-    """Runs the suite (or the named shapes) and returns the report dict."""
-    shapes = [s for s in SUITE if names is None or s.name in names]
+    """Runs the suite (or the named shapes), jconv with ``lowering``; returns the report dict."""
+    shapes = [
+        dataclasses.replace(s, config=dataclasses.replace(s.config, lowering=lowering))
+        for s in SUITE
+        if names is None or s.name in names
+    ]
     peak = matmul_gflops()
     progress(f"float32 matmul: {peak:.1f} GFLOP/s on {jax.devices()[0].device_kind}")
     rows = []
@@ -265,6 +274,7 @@ def run(
         "backend": jax.default_backend(),
         "device": jax.devices()[0].device_kind,
         "jax_version": jax.__version__,
+        "lowering": lowering,
         "repeats": repeats,
         "matmul_gflops": peak,
         "geomean_ratio": math.exp(statistics.fmean(math.log(r) for r in ratios)),
@@ -276,6 +286,7 @@ def markdown(report: dict[str, Any]) -> str:
     """The report as a markdown table."""
     lines = [
         f"backend {report['backend']} ({report['device']}), jax {report['jax_version']}, "
+        f"jconv lowering {report.get('lowering', 'auto')!r}, "
         f"medians of >= {report['repeats']} interleaved runs (fwd+bwd: jax and torch "
         f"in turns of {BLOCKS} blocks); float32 matmul "
         f"{report['matmul_gflops']:.1f} GFLOP/s",

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from ._spec import LOWERINGS
+
 
 def _verify(args: argparse.Namespace) -> int:
     import jax
@@ -100,7 +102,9 @@ def _bench(args: argparse.Namespace) -> int:
     if unknown:
         print(f"error: unknown shapes {unknown}; known: {sorted(known)}", file=sys.stderr)
         return 2
-    report = _bench.run(names, repeats=args.repeats, torch=not args.no_torch)
+    report = _bench.run(
+        names, repeats=args.repeats, torch=not args.no_torch, lowering=args.lowering
+    )
     out = Path(args.out)
     _bench.write(report, out)
     print(_bench.markdown(report))
@@ -194,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=5, help="timed runs per contender")
     bench.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     bench.add_argument("--out", default="bench-results", help="folder for bench.json/.md/.png")
+    bench.add_argument(
+        "--lowering",
+        choices=LOWERINGS,
+        default="auto",
+        help="jconv's lowering (default auto; the tiles of winograd are opt-in)",
+    )
     bench.set_defaults(func=_bench)
     return parser
 

@@ -139,9 +139,12 @@ def conv_forward(
         precision: ``lax.Precision`` (or name, or pair) for the correlations;
             ``None`` is JAX's default.
         lowering: how each correlation is computed: ``"auto"`` (default: per shape
-            and platform), ``"xla"`` (always ``lax.conv_general_dilated``) or
-            ``"taps"`` (strided slices times einsums). Values and the rules are the
-            same; only speed differs.
+            and platform), ``"xla"`` (always ``lax.conv_general_dilated``),
+            ``"taps"`` (strided slices times einsums) or ``"winograd"`` (F(2, 3)
+            tiles for 3-tap windows at unit stride, undilated and ungrouped: the
+            forward and input gradient of a dense 3x3 convolution; XLA's
+            convolution elsewhere. Faster on CPU, at more memory: opt-in). Values
+            and the rules are the same; only speed and memory differ.
 
     Returns:
         ``z`` of shape ``(N, *spatial_out, C_out)`` or ``(N, C_out, *spatial_out)``

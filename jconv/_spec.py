@@ -47,7 +47,7 @@ def check_layout(layout: Any, where: str) -> str:
     return layout
 
 
-LOWERINGS = ("auto", "xla", "taps")
+LOWERINGS = ("auto", "xla", "taps", "winograd")
 
 
 def check_lowering(lowering: Any, where: str) -> str:
@@ -176,7 +176,7 @@ class ConvSpec:
         groups: number of feature groups.
         layout: ``"channels_last"`` or ``"channels_first"``.
         precision: passed to XLA (``None`` means JAX's default).
-        lowering: how correlations are computed (``"auto"``, ``"xla"``, ``"taps"``).
+        lowering: how correlations are computed (one of :data:`LOWERINGS`).
     """
 
     ndim: int

@@ -57,7 +57,7 @@ def _compiled(forward, config, precision):
 # jconv's forward with each lowering forced (module-level: cache keys by identity).
 JCONV = {
     lowering: functools.partial(jconv.conv_forward, lowering=lowering)
-    for lowering in ("auto", "xla", "taps")
+    for lowering in ("auto", "xla", "taps", "winograd")
 }
 
 
@@ -78,7 +78,7 @@ def check_against_lax(config, dtype):
     """
     params, x, ct = config.arrays(dtype)
     z, (gp, gx) = value_and_grads(JCONV[config.lowering], config, params, x, ct)
-    # The oracle ignores the lowering: one compiled oracle serves all three.
+    # The oracle ignores the lowering: one compiled oracle serves them all.
     oracle = dataclasses.replace(config, lowering="auto")
     z_ref, (gp_ref, gx_ref) = value_and_grads(lax_oracle, oracle, params, x, ct)
     abs_params = jax.tree.map(jnp.abs, params)

@@ -354,9 +354,8 @@ def test_forced_lowerings(lowering, expect_convs):
 
 
 def test_unknown_lowering_is_refused():
-    with pytest.raises(
-        ValueError, match=r"lowering must be one of \('auto', 'xla', 'taps'\), got 'fast'"
-    ):
+    refusal = r"lowering must be one of \('auto', 'xla', 'taps', 'winograd'\), got 'fast'"
+    with pytest.raises(ValueError, match=refusal):
         jconv.conv_forward(
             {"kernel": jnp.ones((3, 3, 2, 2))}, jnp.ones((1, 5, 5, 2)), lowering="fast"
         )
@@ -380,14 +379,26 @@ def test_torch_contender_runs_both_layouts_where_torch_can():
 
 
 def test_bench_smoke(tmp_path):
-    report = _bench.run(["lenet-5x5"], repeats=1, torch=False, progress=lambda s: None)
+    report = _bench.run(
+        ["lenet-5x5"], repeats=1, torch=False, progress=lambda s: None, lowering="xla"
+    )
     (row,) = report["rows"]
+    assert report["lowering"] == row["shape"]["lowering"] == "xla"
     assert row["jconv_fwd_bwd_s"] > 0 and row["autodiff_fwd_bwd_s"] > 0
     assert row["ratio"] == pytest.approx(row["jconv_fwd_bwd_s"] / row["autodiff_fwd_bwd_s"])
     assert report["matmul_gflops"] > 0 and report["geomean_ratio"] == pytest.approx(row["ratio"])
     _bench.write(report, tmp_path)
     assert "| lenet-5x5 |" in (tmp_path / "bench.md").read_text()
     assert (tmp_path / "bench.json").exists() and (tmp_path / "bench.png").exists()
+
+
+def test_bench_times_the_forward_too():
+    # Under jax.grad alone the loss's forward is dead code: XLA drops it, and
+    # only the backward's two convolutions would be timed, where torch runs three.
+    shape = _bench.Shape("tiny", Config(2, (6, 6), (3, 3), 4, 4, padding="SAME"))
+    params, x, ct = shape.config.arrays()
+    step = jax.jit(_bench._grad_fn(jconv.autodiff.conv_forward, shape))
+    assert step.lower(params, x, ct).compile().as_text().count("convolution(") == 3
 
 
 # The taps and scatter modes forced on a spread of the core grid (in the grid

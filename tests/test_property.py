@@ -12,7 +12,7 @@ from jconv.testing.strategies import conv_configs
 
 
 def configs():
-    return conv_configs(lowerings=("auto", "xla", "taps"))
+    return conv_configs(lowerings=("auto", "xla", "taps", "winograd"))
 
 
 @given(configs())

@@ -1,0 +1,180 @@
+"""Winograd's minimal filtering F(2, 3): a 3-tap correlation in 4 products per 2 outputs.
+
+The seed's forward ``Z = X ⊛ K`` and its input gradient (a full correlation of
+the padded ``dL/dZ`` with the rotated ``K``) are both, for a 3x3 kernel at unit
+stride, correlations with a 3-tap window per spatial dim. Two neighbouring
+outputs of a 1-D such correlation read four inputs ``d0..d3``::
+
+    y0 = d0 k0 + d1 k1 + d2 k2
+    y1 = d1 k0 + d2 k1 + d3 k2
+
+Six products. Winograd (1980; Lavin and Gray 2016 for convolutional networks)
+writes the same two sums with four::
+
+    m0 = (d0 - d2) k0                    y0 = m0 + m1 + m2
+    m1 = (d1 + d2) (k0 + k1 + k2) / 2    y1 = m1 - m2 - m3
+    m2 = (d2 - d1) (k0 - k1 + k2) / 2
+    m3 = (d1 - d3) k2
+
+i.e. ``y = Aᵀ [(G k) ⊙ (Bᵀ d)]`` with the constant matrices below. Worked case:
+``d = (1, 2, 3, 4)``, ``k = (1, 0, -1)``: ``m = (-2, 0, 2, -2)``,
+``y = (-2, -2)``, as ``1 - 3`` and ``2 - 4``. Tiles of two outputs step by two
+inputs, so tile ``t`` reads ``d = lhs~[2t : 2t + 4]``.
+
+In more dims the transforms act per axis: a 2-D tile of 2x2 outputs reads 4x4
+inputs and needs 16 products instead of 36. With channels, the elementwise
+product over a tile's 16 transformed positions becomes 16 matmuls contracting
+the input features, over all tiles of the batch at once, which is where the
+time goes: 2.25 times fewer multiply-adds than the direct correlation, for
+three cheap elementwise passes (the input transform ``Bᵀ d B``, the kernel
+transform ``G k Gᵀ``, once, and the output transform ``Aᵀ m A``).
+
+Padding: with ``lo``/``hi`` zeros added to ``n`` entries the output has
+``o = n + lo + hi - 2`` entries per dim; ``T = ceil(o / 2)`` tiles read
+``2T + 2`` padded entries, so the lhs is padded by ``lo`` below and
+``2T + 2 - n - lo`` (``hi``, or ``hi + 1`` when ``o`` is odd) above, and the
+extra output is cropped. E.g. ``n = 5`` SAME (``lo = hi = 1``): ``o = 5``,
+``T = 3``, 8 padded entries, 6 outputs computed, 5 kept.
+
+The transforms' arithmetic is exact up to rounding (``G``'s halves are exact);
+the products are summed in a different order than the direct sum, so results
+agree with XLA's convolution to the dtype's rounding, as any two correlation
+orders do. Half-precision operands are transformed and summed in float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+from jax import lax
+
+from ._correlation import Correlation, accumulation_dtype
+from ._terms import divisor_within, in_batch_chunks
+
+# Bᵀ (input), G (kernel) and Aᵀ (output) of F(2, 3), as rows of coefficients.
+B_T = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
+G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
+A_T = ((1, 1, 1, 0), (0, 1, -1, -1))
+
+# Batch entries are transformed and multiplied this many lhs bytes at a time.
+WINOGRAD_BYTES = 1 << 21
+
+
+def applies(lhs_shape, rhs_shape, corr: Correlation) -> bool:
+    """Whether ``corr`` is a dense, unit-stride, undilated correlation with 3-tap windows."""
+    return (
+        corr.feature_group_count == 1
+        and corr.batch_group_count == 1
+        and all(s == 1 for s in corr.window_strides)
+        and all(d == 1 for d in corr.lhs_dilation)
+        and all(d == 1 for d in corr.rhs_dilation)
+        and all(rhs_shape[a] == 3 for a in corr.rhs_axes[2:])
+        and all(lo >= 0 and hi >= 0 for lo, hi in corr.padding)
+        and all(o >= 1 for o in _outs(lhs_shape, corr))
+    )
+
+
+def winograd_correlate(lhs, rhs, corr: Correlation, precision=None):
+    """The correlation ``corr`` (see :func:`applies`) by F(2, 3) tiles, in batch chunks.
+
+    Args:
+        lhs, rhs: operands laid out as ``corr`` says.
+        corr: a correlation :func:`applies` accepts.
+        precision: passed to the matmuls.
+
+    Returns:
+        The result, in ``lhs``'s dtype, laid out as ``corr.out_axes`` say.
+    """
+    acc = accumulation_dtype(lhs.dtype) or lhs.dtype
+    outs = _outs(lhs.shape, corr)
+    tiles = [-(-o // 2) for o in outs]
+    u = _kernel_transform(rhs.astype(acc), corr)
+    entry = math.prod(lhs.shape) // lhs.shape[corr.lhs_axes[0]] * jnp.dtype(acc).itemsize
+    chunk = divisor_within(lhs.shape[corr.lhs_axes[0]], WINOGRAD_BYTES // entry)
+
+    def tiled(lhs):
+        m = _products(_input_transform(lhs.astype(acc), corr, tiles), u, corr, precision)
+        return _output_transform(m, corr, outs).astype(lhs.dtype)
+
+    return in_batch_chunks(tiled, lhs, chunk, corr)
+
+
+def _outs(lhs_shape, corr: Correlation) -> list[int]:
+    pads = zip(corr.lhs_axes[2:], corr.padding, strict=True)
+    return [lhs_shape[a] + lo + hi - 2 for a, (lo, hi) in pads]
+
+
+def _input_transform(lhs, corr: Correlation, tiles):
+    """``Bᵀ d B`` of every tile: ``(4**d, *lhs.shape with T tiles per spatial dim)``."""
+    config = [(0, 0, 0)] * lhs.ndim
+    for a, (lo, _), t in zip(corr.lhs_axes[2:], corr.padding, tiles, strict=True):
+        config[a] = (lo, 2 * t + 2 - lhs.shape[a] - lo, 0)
+    pieces = [lax.pad(lhs, jnp.zeros((), lhs.dtype), config)]
+    for a, t in zip(corr.lhs_axes[2:], tiles, strict=True):
+        pieces = [v for p in pieces for v in _combine(p, a, t, B_T, step=2)]
+    return jnp.stack(pieces)
+
+
+def _combine(a, axis, count, rows, step):
+    """``sum_j rows[r][j] a[j + step t]`` over ``t < count``, for each row ``r``."""
+    taps = len(rows[0])
+    views = [lax.slice_in_dim(a, j, j + step * (count - 1) + 1, step, axis) for j in range(taps)]
+    out = []
+    for row in rows:
+        total = None
+        for c, v in zip(row, views, strict=True):
+            if c == 0:
+                continue
+            term = v if c == 1 else -v if c == -1 else v * jnp.asarray(c, v.dtype)
+            total = term if total is None else total + term
+        out.append(total)
+    return out
+
+
+def _kernel_transform(rhs, corr: Correlation):
+    """``G k Gᵀ`` per in/out feature pair: ``(4**d, in, out)``, one elementwise pass."""
+    sp = corr.rhs_axes[2:]
+    pieces = [jnp.transpose(rhs, (*sp, corr.rhs_axes[1], corr.rhs_axes[0]))]  # (3, .., in, out)
+    for level in range(len(sp)):
+        pieces = [u for p in pieces for u in _combine(p, level, 1, G, step=1)]
+    return jnp.stack(pieces).reshape(len(pieces), *pieces[0].shape[len(sp) :])
+
+
+def _products(v, u, corr: Correlation, precision):
+    """``m[p] = v[p] · u[p]`` contracting the lhs features: one matmul per position ``p``."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    lhs_letters = list(letters[: v.ndim - 1])
+    f = corr.lhs_axes[1]
+    out_letters = list(lhs_letters)
+    out_letters[f] = "Z"
+    spec = f"Y{''.join(lhs_letters)},Y{lhs_letters[f]}Z->Y{''.join(out_letters)}"
+    return jnp.einsum(spec, v, u, precision=precision)
+
+
+def _output_transform(m, corr: Correlation, outs):
+    """``Aᵀ m A`` per tile, tiles interleaved back into rows, cropped to ``outs``."""
+    sp = corr.lhs_axes[2:]
+    d = len(sp)
+    m = m.reshape(*(4,) * d, *m.shape[1:])
+    for level, a in enumerate(sp):
+        rest = d - level - 1  # position axes still leading
+        pair = _combine(m, 0, 1, A_T, step=1)  # each (1, ...) along the position axis
+        pair = [lax.squeeze(y, (0,)) for y in pair]
+        axis = a + rest
+        y = jnp.stack(pair, axis=axis + 1)
+        shape = list(pair[0].shape)
+        shape[axis] *= 2
+        m = y.reshape(shape)
+    out = lax.slice(m, [0] * m.ndim, [*_cropped(m.shape, sp, outs)])
+    order = [0] * m.ndim  # lhs roles -> out axes
+    for role_lhs, role_out in zip(corr.lhs_axes, corr.out_axes, strict=True):
+        order[role_out] = role_lhs
+    return out if order == list(range(m.ndim)) else jnp.transpose(out, order)
+
+
+def _cropped(shape, axes, outs):
+    limits = list(shape)
+    for a, o in zip(axes, outs, strict=True):
+        limits[a] = o
+    return limits

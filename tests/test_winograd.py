@@ -1,0 +1,99 @@
+"""Winograd F(2, 3) tiles (``lowering="winograd"``) against lax, and where they apply."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import Config, check_against_lax
+
+import jconv
+from jconv import _winograd
+from jconv._correlation import Correlation
+
+# 3-tap windows at unit stride: the forward and the input gradient take the
+# tiles (the kernel gradient stays XLA's). Odd and even outputs (a cropped last
+# tile), every padding kind, padding past the kernel (cropped before the tiles),
+# both layouts, 1-D to 3-D, a single image, bias or not.
+WINOGRAD = [
+    Config(3, (7, 6), (3, 3), 4, 5, padding="SAME"),
+    Config(2, (8, 5), (3, 3), 3, 2, padding="VALID", bias=False),
+    Config(1, (6, 9), (3, 3), 2, 3, padding="SAME_LOWER", layout="channels_first"),
+    Config(2, (5, 4), (3, 3), 3, 2, padding=((4, 0), (1, 3))),
+    Config(3, (11,), (3,), 3, 4, padding=((0, 2),), layout="channels_first"),
+    Config(2, (4, 5, 3), (3, 3, 3), 2, 3, padding="SAME"),
+]
+
+
+@pytest.mark.parametrize("config", WINOGRAD, ids=str)
+def test_winograd_matches_lax(config):
+    check_against_lax(dataclasses.replace(config, lowering="winograd"), jnp.float32)
+
+
+@pytest.mark.parametrize("config", WINOGRAD[:3], ids=str)
+def test_winograd_matches_lax_in_float64(config, x64):
+    check_against_lax(dataclasses.replace(config, lowering="winograd"), jnp.float64)
+
+
+def test_winograd_in_bfloat16_matches_lax():
+    check_against_lax(dataclasses.replace(WINOGRAD[0], lowering="winograd"), jnp.bfloat16)
+
+
+def test_winograd_batch_chunks_match_lax(monkeypatch):
+    monkeypatch.setattr(_winograd, "WINOGRAD_BYTES", 1)  # one image per chunk
+    config = Config(5, (6, 7), (3, 3), 3, 4, padding="SAME", lowering="winograd")
+    params, x, _ = config.arrays(jnp.float32)
+    jaxpr = str(
+        jax.make_jaxpr(
+            lambda p, x: jconv.conv_forward(p, x, **config.kwargs, lowering=config.lowering)
+        )(params, x)
+    )
+    assert "while" in jaxpr or "scan" in jaxpr
+    check_against_lax(config, jnp.float32)
+
+
+def test_worked_case_of_the_docstring():
+    # d = (1, 2, 3, 4), k = (1, 0, -1): y = (1 - 3, 2 - 4).
+    corr = Correlation((0, 1, 2), (0, 1, 2), (0, 1, 2), (1,), ((0, 0),), (1,), (1,))
+    d = jnp.arange(1.0, 5.0).reshape(1, 1, 4)
+    k = jnp.array([1.0, 0.0, -1.0]).reshape(1, 1, 3)
+    np.testing.assert_array_equal(_winograd.winograd_correlate(d, k, corr), [[[-2.0, -2.0]]])
+
+
+def _applies(config):
+    params, x, _ = config.arrays(jnp.float32)
+    calls = []
+    real = _winograd.winograd_correlate
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            _winograd, "winograd_correlate", lambda *a, **k: calls.append(a) or real(*a, **k)
+        )
+        jax.make_jaxpr(
+            lambda p, x: jconv.conv_forward(p, x, **config.kwargs, lowering=config.lowering)
+        )(params, x)
+    return bool(calls)
+
+
+@pytest.mark.parametrize(
+    "config, tiles",
+    [
+        (Config(2, (6, 6), (3, 3), 4, 4, padding="SAME"), True),
+        (Config(2, (6, 6), (3, 3), 4, 4, stride=2, padding="SAME"), False),
+        (Config(2, (6, 6), (3, 3), 4, 4, dilation=2, padding="SAME"), False),
+        (Config(2, (6, 6), (3, 3), 4, 4, groups=2, padding="SAME"), False),
+        (Config(2, (6, 6), (3, 2), 4, 4, padding="SAME"), False),
+    ],
+    ids=str,
+)
+def test_forced_winograd_falls_back_to_xla_where_tiles_do_not_apply(config, tiles):
+    config = dataclasses.replace(config, lowering="winograd")
+    assert _applies(config) == tiles
+    if not tiles:
+        check_against_lax(config, jnp.float32)
+
+
+def test_auto_keeps_xla_for_dense_3x3_convolutions():
+    # The tiles are faster on CPU but hold more memory than autodiff's training
+    # step (experiments/README.md), so they are opt-in.
+    assert not _applies(Config(2, (8, 8), (3, 3), 16, 16, padding="SAME"))
