@@ -142,8 +142,8 @@ def conv_forward(
             and platform), ``"xla"`` (always ``lax.conv_general_dilated``),
             ``"taps"`` (strided slices times einsums) or ``"winograd"`` (F(2, 3)
             tiles for 3-tap windows at unit stride, undilated and ungrouped: the
-            forward and input gradient of a dense 3x3 convolution; XLA's
-            convolution elsewhere. Faster on CPU, at more memory: opt-in). Values
+            forward and input gradient of a dense 3x3 convolution; as
+            ``"auto"`` elsewhere. Faster on CPU, at more memory: opt-in). Values
             and the rules are the same; only speed and memory differ.
 
     Returns:

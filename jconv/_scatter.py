@@ -21,6 +21,7 @@ from ._terms import (
     dense,
     divisor_within,
     in_batch_chunks,
+    interleave,
     kernel_tap,
     pad,
     tap_starts,
@@ -145,7 +146,7 @@ def _phased_sum(per_tap, corr: Correlation, outs):
                 shape[a] = n
             total = jnp.zeros(shape, some.dtype)
         phases[phase] = total
-    return _interleave(phases, out_sp, dil, outs)
+    return interleave(phases, out_sp, dil, outs)
 
 
 def _shifted_window(y, axes, shifts, counts):
@@ -154,24 +155,3 @@ def _shifted_window(y, axes, shifts, counts):
     for a, s, n in zip(axes, shifts, counts, strict=True):
         config[a] = (-s, s + n - y.shape[a], 0)  # lax.pad crops on negative padding
     return lax.pad(y, jnp.zeros((), y.dtype), config)
-
-
-def _interleave(phases, axes, dil, outs):
-    """``out[p + d m] = phases[p][m]`` per axis, cropped to ``outs``."""
-    arrays = dict(phases)
-    for level in reversed(range(len(axes))):  # merge the last phase index first
-        a, d = axes[level], dil[level]
-        merged = {}
-        for key in {k[:level] for k in arrays}:
-            parts = [arrays[(*key, p)] for p in range(d)]
-            stacked = jnp.stack(parts, axis=a + 1)
-            shape = list(parts[0].shape)
-            shape[a] *= d
-            merged[key] = stacked.reshape(shape)
-        arrays = merged
-    out = arrays[()]
-    return lax.slice(
-        out,
-        [0] * out.ndim,
-        [outs[axes.index(a)] if a in axes else n for a, n in enumerate(out.shape)],
-    )

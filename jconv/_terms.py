@@ -14,7 +14,6 @@ import dataclasses
 import math
 import string
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -78,20 +77,48 @@ def in_batch_chunks(f, lhs, chunk: int, corr: Correlation):
     Each step slices its chunk out of ``lhs`` and writes ``f``'s result into the
     output in place. The loop reads ``lhs`` as it is: mapping over a reshaped
     ``(chunks, chunk, ...)`` copy instead (``lax.map``) made XLA copy the whole
-    lhs when it is an entry parameter, e.g. a loss's cotangent.
+    lhs when it is an entry parameter, e.g. a loss's cotangent. The output
+    buffer starts as the first chunk's result padded with zeros, computed
+    before the loop: starting from ``jnp.zeros``, two loops of one output shape
+    (a training step's forward and input gradient) shared one zeros buffer,
+    which XLA then copied for one of them (3x3 depthwise over 8 images of
+    28x28x256: 6.1 MiB more).
     """
     lb, ob = corr.lhs_axes[0], corr.out_axes[0]
     count = lhs.shape[lb] // chunk
     if count == 1:
         return f(lhs)
-    part = jax.eval_shape(f, jax.ShapeDtypeStruct(resized(lhs.shape, (lb,), (chunk,)), lhs.dtype))
-    out = jnp.zeros(resized(part.shape, (ob,), (part.shape[ob] * count,)), part.dtype)
+    first = f(lax.slice_in_dim(lhs, 0, chunk, axis=lb))
+    config = [(0, 0, 0)] * first.ndim
+    config[ob] = (0, first.shape[ob] * (count - 1), 0)
+    out = lax.pad(first, jnp.zeros((), first.dtype), config)
 
     def step(i, out):
         part = f(dynamic_slice_bits(lhs, i * chunk, chunk, lb))
         return lax.dynamic_update_slice_in_dim(out, part, i * chunk, ob)
 
-    return lax.fori_loop(0, count, step, out)
+    return lax.fori_loop(1, count, step, out)
+
+
+def interleave(phases, axes, dil, outs):
+    """``out[p + d m] = phases[p][m]`` per axis, cropped to ``outs``."""
+    arrays = dict(phases)
+    for level in reversed(range(len(axes))):  # merge the last phase index first
+        a, d = axes[level], dil[level]
+        merged = {}
+        for key in {k[:level] for k in arrays}:
+            parts = [arrays[(*key, p)] for p in range(d)]
+            stacked = jnp.stack(parts, axis=a + 1)
+            shape = list(parts[0].shape)
+            shape[a] *= d
+            merged[key] = stacked.reshape(shape)
+        arrays = merged
+    out = arrays[()]
+    return lax.slice(
+        out,
+        [0] * out.ndim,
+        [outs[axes.index(a)] if a in axes else n for a, n in enumerate(out.shape)],
+    )
 
 
 def resized(shape, axes, sizes) -> tuple[int, ...]:

@@ -44,13 +44,15 @@ orders do. Half-precision operands are transformed and summed in float32.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 
 import jax.numpy as jnp
 from jax import lax
 
 from ._correlation import Correlation, accumulation_dtype
-from ._terms import divisor_within, in_batch_chunks
+from ._terms import divisor_within, in_batch_chunks, interleave, window_slice
 
 # Bᵀ (input), G (kernel) and Aᵀ (output) of F(2, 3), as rows of coefficients.
 B_T = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
@@ -93,9 +95,18 @@ def winograd_correlate(lhs, rhs, corr: Correlation, precision=None):
     entry = math.prod(lhs.shape) // lhs.shape[corr.lhs_axes[0]] * jnp.dtype(acc).itemsize
     chunk = divisor_within(lhs.shape[corr.lhs_axes[0]], WINOGRAD_BYTES // entry)
 
+    # Each chunk is tiled with its features minor, (batch, *spatial, features),
+    # so that the transforms' pieces are row-major matmul operands; in
+    # channels_first, transposing the chunk first (and the result last) is
+    # cheaper than letting XLA transpose the 4x larger pieces around the matmuls.
+    d = len(corr.lhs_axes) - 2
+    last = dataclasses.replace(corr, lhs_axes=(0, d + 1, *range(1, d + 1)))
+    to_last = (corr.lhs_axes[0], *corr.lhs_axes[2:], corr.lhs_axes[1])
+
     def tiled(lhs):
-        m = _products(_input_transform(lhs.astype(acc), corr, tiles), u, corr, precision)
-        return _output_transform(m, corr, outs).astype(lhs.dtype)
+        lhs = jnp.transpose(lhs.astype(acc), to_last)
+        m = _products(_input_transform(lhs, last, tiles), u, last, precision)
+        return _output_transform(m, last, outs).astype(lhs.dtype)
 
     return in_batch_chunks(tiled, lhs, chunk, corr)
 
@@ -107,38 +118,44 @@ def _outs(lhs_shape, corr: Correlation) -> list[int]:
 
 def _input_transform(lhs, corr: Correlation, tiles):
     """``Bᵀ d B`` of every tile: ``(4**d, *lhs.shape with T tiles per spatial dim)``."""
+    sp = corr.lhs_axes[2:]
     config = [(0, 0, 0)] * lhs.ndim
-    for a, (lo, _), t in zip(corr.lhs_axes[2:], corr.padding, tiles, strict=True):
+    for a, (lo, _), t in zip(sp, corr.padding, tiles, strict=True):
         config[a] = (lo, 2 * t + 2 - lhs.shape[a] - lo, 0)
-    pieces = [lax.pad(lhs, jnp.zeros((), lhs.dtype), config)]
-    for a, t in zip(corr.lhs_axes[2:], tiles, strict=True):
-        pieces = [v for p in pieces for v in _combine(p, a, t, B_T, step=2)]
-    return jnp.stack(pieces)
+    padded = lax.pad(lhs, jnp.zeros((), lhs.dtype), config)
 
+    def view(offsets):  # d[offset + 2t] per spatial dim: the tiles' entries at offsets
+        return window_slice(padded, sp, offsets, tiles, (2,) * len(sp))
 
-def _combine(a, axis, count, rows, step):
-    """``sum_j rows[r][j] a[j + step t]`` over ``t < count``, for each row ``r``."""
-    taps = len(rows[0])
-    views = [lax.slice_in_dim(a, j, j + step * (count - 1) + 1, step, axis) for j in range(taps)]
-    out = []
-    for row in rows:
-        total = None
-        for c, v in zip(row, views, strict=True):
-            if c == 0:
-                continue
-            term = v if c == 1 else -v if c == -1 else v * jnp.asarray(c, v.dtype)
-            total = term if total is None else total + term
-        out.append(total)
-    return out
+    return jnp.stack(list(_transformed(view, B_T, len(sp)).values()))
 
 
 def _kernel_transform(rhs, corr: Correlation):
-    """``G k Gᵀ`` per in/out feature pair: ``(4**d, in, out)``, one elementwise pass."""
+    """``G k Gᵀ`` per in/out feature pair: ``(4**d, in, out)``."""
     sp = corr.rhs_axes[2:]
-    pieces = [jnp.transpose(rhs, (*sp, corr.rhs_axes[1], corr.rhs_axes[0]))]  # (3, .., in, out)
-    for level in range(len(sp)):
-        pieces = [u for p in pieces for u in _combine(p, level, 1, G, step=1)]
-    return jnp.stack(pieces).reshape(len(pieces), *pieces[0].shape[len(sp) :])
+    k = jnp.transpose(rhs, (*sp, corr.rhs_axes[1], corr.rhs_axes[0]))  # (3, ..., in, out)
+    return jnp.stack(list(_transformed(lambda taps: k[taps], G, len(sp)).values()))
+
+
+def _transformed(view, rows, d):
+    """``{r: sum_j prod_l rows[r_l][j_l] view(j)}`` over multi-indices ``r``, in row-major order.
+
+    The per-dim transform applied in all ``d`` dims at once, as sums of the
+    views its nonzero coefficients pick (4 of 16 for ``Bᵀ d B`` in 2-D): one
+    elementwise pass, no per-dim intermediates.
+    """
+    out = {}
+    for r in itertools.product(range(len(rows)), repeat=d):
+        total = None
+        for j in itertools.product(range(len(rows[0])), repeat=d):
+            c = math.prod(rows[rl][jl] for rl, jl in zip(r, j, strict=True))
+            if c == 0:
+                continue
+            v = view(j)
+            term = v if c == 1 else -v if c == -1 else v * jnp.asarray(c, v.dtype)
+            total = term if total is None else total + term
+        out[r] = total
+    return out
 
 
 def _products(v, u, corr: Correlation, precision):
@@ -155,26 +172,10 @@ def _products(v, u, corr: Correlation, precision):
 def _output_transform(m, corr: Correlation, outs):
     """``Aᵀ m A`` per tile, tiles interleaved back into rows, cropped to ``outs``."""
     sp = corr.lhs_axes[2:]
-    d = len(sp)
-    m = m.reshape(*(4,) * d, *m.shape[1:])
-    for level, a in enumerate(sp):
-        rest = d - level - 1  # position axes still leading
-        pair = _combine(m, 0, 1, A_T, step=1)  # each (1, ...) along the position axis
-        pair = [lax.squeeze(y, (0,)) for y in pair]
-        axis = a + rest
-        y = jnp.stack(pair, axis=axis + 1)
-        shape = list(pair[0].shape)
-        shape[axis] *= 2
-        m = y.reshape(shape)
-    out = lax.slice(m, [0] * m.ndim, [*_cropped(m.shape, sp, outs)])
-    order = [0] * m.ndim  # lhs roles -> out axes
+    m = m.reshape(*(4,) * len(sp), *m.shape[1:])
+    phases = _transformed(lambda j: m[j], A_T, len(sp))  # output 2t + r of each tile
+    out = interleave(phases, sp, (2,) * len(sp), outs)
+    order = [0] * out.ndim  # lhs roles -> out axes
     for role_lhs, role_out in zip(corr.lhs_axes, corr.out_axes, strict=True):
         order[role_out] = role_lhs
-    return out if order == list(range(m.ndim)) else jnp.transpose(out, order)
-
-
-def _cropped(shape, axes, outs):
-    limits = list(shape)
-    for a, o in zip(axes, outs, strict=True):
-        limits[a] = o
-    return limits
+    return out if order == list(range(out.ndim)) else jnp.transpose(out, order)

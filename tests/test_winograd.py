@@ -86,7 +86,7 @@ def _applies(config):
     ],
     ids=str,
 )
-def test_forced_winograd_falls_back_to_xla_where_tiles_do_not_apply(config, tiles):
+def test_forced_winograd_is_auto_where_tiles_do_not_apply(config, tiles):
     config = dataclasses.replace(config, lowering="winograd")
     assert _applies(config) == tiles
     if not tiles:
