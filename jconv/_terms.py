@@ -88,7 +88,7 @@ def in_batch_chunks(f, lhs, chunk: int, corr: Correlation):
     count = lhs.shape[lb] // chunk
     if count == 1:
         return f(lhs)
-    first = f(lax.slice_in_dim(lhs, 0, chunk, axis=lb))
+    first = f(dynamic_slice_bits(lhs, 0, chunk, lb))
     config = [(0, 0, 0)] * first.ndim
     config[ob] = (0, first.shape[ob] * (count - 1), 0)
     out = lax.pad(first, jnp.zeros((), first.dtype), config)
