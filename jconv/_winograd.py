@@ -103,10 +103,9 @@ def winograd_correlate(lhs, rhs, corr: Correlation, precision=None):
     last = dataclasses.replace(corr, lhs_axes=(0, d + 1, *range(1, d + 1)))
     to_last = (corr.lhs_axes[0], *corr.lhs_axes[2:], corr.lhs_axes[1])
 
-    def tiled(lhs):
-        lhs = jnp.transpose(lhs.astype(acc), to_last)
-        m = _products(_input_transform(lhs, last, tiles), u, last, precision)
-        return _output_transform(m, last, outs).astype(lhs.dtype)
+    def tiled(chunk):
+        v = _input_transform(jnp.transpose(chunk.astype(acc), to_last), last, tiles)
+        return _output_transform(_products(v, u, last, precision), last, outs).astype(lhs.dtype)
 
     return in_batch_chunks(tiled, lhs, chunk, corr)
 
