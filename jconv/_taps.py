@@ -94,7 +94,7 @@ def taps_correlate(lhs, rhs, corr: Correlation, precision=None, by: str | None =
 
             return in_batch_chunks(sum_of_terms, lhs, chunk, corr)
     out = _sum_of_terms(lhs, rhs, corr, precision, by, window, outs).astype(lhs.dtype)
-    return _materialised(out) if by == "taps" else out
+    return _materialised(out) if by == "taps" and math.prod(window) > 1 else out
 
 
 # Taps mode pads the whole lhs at once while that copy stays within this many
@@ -117,7 +117,7 @@ def _padded_batch(lhs, corr: Correlation) -> int:
         shape[a] = (shape[a] - 1) * d + 1 + lo + hi
     padded = math.prod(shape) * lhs.dtype.itemsize
     batch = shape[corr.lhs_axes[0]]
-    if padded <= PAD_BYTES:
+    if padded <= PAD_BYTES or tuple(shape) == lhs.shape:  # small, or no copy at all
         return batch
     return max(1, PAD_CHUNK_BYTES // (padded // batch))
 
@@ -125,7 +125,7 @@ def _padded_batch(lhs, corr: Correlation) -> int:
 def _materialised(out):
     """``out`` unchanged, but kept out of the fusions of whatever reduces it.
 
-    A taps-mode sum is one elementwise loop over the taps' slices of the padded
+    A taps-mode sum of several taps is one elementwise loop over the taps' slices of the padded
     lhs. When a reduction consumes it (``sum(conv(x) * ct)``, a batch norm's
     statistics, a global pool), XLA:CPU fuses the loop into its YNNPACK
     reduction, which takes no slices, and materialises every slice instead:
