@@ -335,6 +335,7 @@ def test_taps_forward_pads_large_inputs_a_chunk_at_a_time(monkeypatch):
 def test_taps_without_padding_are_not_chunked(monkeypatch):
     # Chunks exist to bound the padded copy; a VALID 1x1 input gradient makes none.
     monkeypatch.setattr(_taps, "PAD_BYTES", 0)
+    monkeypatch.setattr(_taps, "PAD_CHUNK_BYTES", 1)
     fn = jax.jit(lambda dz, k: jconv.conv_grad_input(dz, k, (4, 6, 6, 8), lowering="taps"))
     jaxpr = str(jax.make_jaxpr(fn)(jnp.ones((4, 6, 6, 2)), jnp.ones((1, 1, 8, 2))))
     assert "while" not in jaxpr and "scan" not in jaxpr
