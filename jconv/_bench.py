@@ -1,15 +1,14 @@
-"""``jconv bench``: jconv's fwd+bwd against ``jax.grad`` of lax (and PyTorch), per shape.
+"""``jconv bench``: jconv's fwd+bwd against autodiff of lax (and PyTorch), per shape.
 
 For each shape of :data:`SUITE`, times a jit-compiled training step's convolution
 work: the value of ``sum(conv(x) * ct)`` and its gradient w.r.t. x, kernel and
 bias (``jax.value_and_grad``, so the forward is computed, as in torch's runner)
-for jconv (``lowering="auto"``) and for ``lax.conv_general_dilated`` + bias
-under autodiff, interleaved (A B A B ...)
-after a warm-up, and reports medians, the ratio jconv / autodiff, forward-only
-times, compile times, achieved GFLOP/s next to the machine's float32 matmul
-GFLOP/s measured in the same process, the compiled programs' temporary memory,
-and PyTorch CPU's fwd+bwd (best of NCHW and channels_last) when torch imports.
-"""
+for jconv (``lowering="auto"`` unless told) and for ``lax.conv_general_dilated``
++ bias under autodiff, interleaved (A B A B ...) after a warm-up, and reports
+medians, the ratio jconv / autodiff, forward-only times, compile times, achieved
+GFLOP/s next to the machine's float32 matmul GFLOP/s measured in the same
+process, the compiled programs' temporary memory, and PyTorch CPU's fwd+bwd
+(best of NCHW and channels_last) when torch imports."""
 
 from __future__ import annotations
 

@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train)
 
     bench = sub.add_parser(
-        "bench", help="time jconv's fwd+bwd against jax.grad of lax (and PyTorch) per shape"
+        "bench", help="time jconv's fwd+bwd against autodiff of lax (and PyTorch) per shape"
     )
     bench.add_argument("--shapes", default=None, help="comma-separated subset of the suite")
     bench.add_argument("--repeats", type=int, default=5, help="timed runs per contender")

@@ -103,8 +103,8 @@ def winograd_correlate(lhs, rhs, corr: Correlation, precision=None):
     last = dataclasses.replace(corr, lhs_axes=(0, d + 1, *range(1, d + 1)))
     to_last = (corr.lhs_axes[0], *corr.lhs_axes[2:], corr.lhs_axes[1])
 
-    def tiled(chunk):
-        v = _input_transform(jnp.transpose(chunk.astype(acc), to_last), last, tiles)
+    def tiled(part):
+        v = _input_transform(jnp.transpose(part.astype(acc), to_last), last, tiles)
         return _output_transform(_products(v, u, last, precision), last, outs).astype(lhs.dtype)
 
     return in_batch_chunks(tiled, lhs, chunk, corr)
