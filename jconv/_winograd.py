@@ -17,7 +17,7 @@ writes the same two sums with four::
     m3 = (d1 - d3) k2
 
 i.e. ``y = Aᵀ [(G k) ⊙ (Bᵀ d)]`` with the constant matrices below. Worked case:
-``d = (1, 2, 3, 4)``, ``k = (1, 0, -1)``: ``m = (-2, 0, 2, -2)``,
+``d = (1, 2, 3, 4)``, ``k = (1, 0, -1)``: ``m = (-2, 0, 0, 2)``,
 ``y = (-2, -2)``, as ``1 - 3`` and ``2 - 4``. Tiles of two outputs step by two
 inputs, so tile ``t`` reads ``d = lhs~[2t : 2t + 4]``.
 
@@ -64,9 +64,16 @@ WINOGRAD_BYTES = 1 << 21
 
 
 def applies(lhs_shape, rhs_shape, corr: Correlation) -> bool:
-    """Whether ``corr`` is a dense, unit-stride, undilated correlation with 3-tap windows."""
+    """Whether ``corr`` is a dense, unit-stride, undilated correlation with 3-tap windows.
+
+    That is the forward and the input gradient of a dense 3x3 (3, 3x3x3, ...)
+    convolution at unit stride, and also the kernel gradient of a unit-stride
+    convolution whose output is 3 wide in every dim (``dz`` is then the window).
+    Padding is >= 0 here: :func:`_correlate.correlate` crops negative padding first.
+    """
     return (
-        corr.feature_group_count == 1
+        lhs_shape[corr.lhs_axes[0]] >= 1
+        and corr.feature_group_count == 1
         and corr.batch_group_count == 1
         and all(s == 1 for s in corr.window_strides)
         and all(d == 1 for d in corr.lhs_dilation)

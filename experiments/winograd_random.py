@@ -1,0 +1,80 @@
+"""Random configurations in Winograd's domain against lax autodiff.
+
+``lowering="winograd"`` applies only to dense, unit-stride, undilated 3-tap
+windows, which the project's random samplers (``jconv verify``, the hypothesis
+tests) rarely draw. This draws only such configurations: 1-D to 3-D, both
+layouts, every padding form (including padding past the kernel, which the
+input gradient crops), bias or not, 1-5 images and channels, and half of them
+with one image per batch chunk. Each is checked with the test suite's
+``check_against_lax`` (values and all gradients, elementwise, scaled tolerance).
+
+    python experiments/winograd_random.py --configs 120 --seed 11 --dtype float64
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers import Config, _compiled, check_against_lax  # noqa: E402
+
+from jconv import _winograd  # noqa: E402
+
+SIZES = {1: 13, 2: 9, 3: 6}  # exclusive upper bound of a spatial size
+
+
+def draw(rng) -> Config:
+    nd = int(rng.integers(1, 4))
+    form = str(rng.choice(["VALID", "SAME", "SAME_LOWER", "int", "pairs"]))
+    if form == "int":
+        padding = int(rng.integers(0, 5))
+        pads = [(padding, padding)] * nd
+    elif form == "pairs":
+        padding = tuple((int(rng.integers(0, 5)), int(rng.integers(0, 5))) for _ in range(nd))
+        pads = list(padding)
+    else:
+        padding, pads = form, [(0, 0)] * nd
+    spatial = tuple(int(rng.integers(max(1, 3 - lo - hi), SIZES[nd])) for lo, hi in pads)
+    return Config(
+        int(rng.integers(1, 6)),
+        spatial,
+        (3,) * nd,
+        int(rng.integers(1, 6)),
+        int(rng.integers(1, 6)),
+        padding=padding,
+        layout=str(rng.choice(["channels_last", "channels_first"])),
+        bias=bool(rng.integers(0, 2)),
+        lowering="winograd",
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float64")
+    args = parser.parse_args()
+    rng = np.random.default_rng(args.seed)
+    budget, failed = _winograd.WINOGRAD_BYTES, 0
+    for _ in range(args.configs):
+        config = draw(rng)
+        _winograd.WINOGRAD_BYTES = 1 if rng.integers(0, 2) else budget  # one image a chunk
+        _compiled.cache_clear()  # compile afresh under this budget
+        try:
+            with jax.enable_x64(args.dtype == "float64"):
+                check_against_lax(config, jnp.dtype(args.dtype))
+        except AssertionError as err:
+            failed += 1
+            print("FAIL", config, str(err)[:300])
+    print(f"{args.configs - failed}/{args.configs} passed ({args.dtype}, seed {args.seed})")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
