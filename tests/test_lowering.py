@@ -68,10 +68,19 @@ def test_im2col_kernel_gradient_wider_than_its_operands_stays_xla():
     assert kernel_gradient_convs((3, 3)) == 0
 
 
-def test_1x1_kernel_gradient_is_a_matmul_on_cpu():
-    # dk (one position) is a dot; dx is a 1x1 convolution, a matmul in XLA already.
-    assert _hlo("cpu", groups=1, window=(1, 1)) == (1, 1)
+def test_unit_stride_1x1_passes_are_matmuls_on_cpu():
+    # dk (one position) and dx are dots on CPU (XLA:CPU's 1x1 convolution is
+    # slower than its dot); on GPU both stay convolutions.
+    convs, dots = _hlo("cpu", groups=1, window=(1, 1))
+    assert convs == 0 and dots >= 2
     assert _hlo("cuda", groups=1, window=(1, 1)) == (2, 0)
+
+
+def test_strided_1x1_forward_stays_xla_on_cpu():
+    params = jconv.conv_init(jax.random.key(0), 8, 4, (1, 1))
+    fn = jax.jit(lambda p, x: jconv.conv_forward(p, x, stride=2))
+    text = fn.trace(params, jnp.ones((2, 8, 8, 8))).lower(lowering_platforms=("cpu",)).as_text()
+    assert text.count("stablehlo.convolution") == 1 and "dot_general" not in text
 
 
 # Kernel gradients whose input outgrows CHUNK_BYTES are summed over batch chunks in
