@@ -38,6 +38,7 @@ from jax import lax
 from ._correlation import Correlation, accumulation_dtype
 from ._fold import folded_positions, folds
 from ._placed import placed_chunk, placed_positions, places
+from ._regions import region_cuts, region_sum
 from ._scatter import THIN, scatter_sum
 from ._terms import (
     dense,
@@ -83,6 +84,11 @@ def taps_correlate(lhs, rhs, corr: Correlation, precision=None, by: str | None =
     if chunk is not None:
         out = _chunked_sum(lhs, rhs, corr, precision, by, window, outs, chunk)
         return out.astype(lhs.dtype)
+    cuts = region_cuts(lhs.shape, corr, window, outs) if by == "taps" else None
+    if cuts is not None:  # no padded copy at all
+        acc = accumulation_dtype(lhs.dtype)
+        out = region_sum(lhs, rhs, corr, precision, acc, cuts).astype(lhs.dtype)
+        return _materialised(out) if math.prod(window) > 1 else out
     if by == "taps" and corr.batch_group_count == 1:
         chunk = divisor_within(lhs.shape[corr.lhs_axes[0]], _padded_batch(lhs, corr))
         if chunk < lhs.shape[corr.lhs_axes[0]]:

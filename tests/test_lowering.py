@@ -13,7 +13,7 @@ from helpers import Config
 from test_equivalence import GRID
 
 import jconv
-from jconv import _bench, _correlate, _fold, _placed, _scatter, _taps
+from jconv import _bench, _correlate, _fold, _placed, _regions, _scatter, _taps
 
 
 def _hlo(platform, groups, window, lowering="auto"):
@@ -325,6 +325,7 @@ PADDED_IN_CHUNKS = [
 
 @pytest.mark.parametrize("config", PADDED_IN_CHUNKS, ids=str)
 def test_taps_padded_in_batch_chunks_match_lax(config, monkeypatch):
+    monkeypatch.setattr(_regions, "TERMS_PER_TAP", 0)  # pad rather than cut regions
     monkeypatch.setattr(_taps, "PAD_BYTES", 0)
     monkeypatch.setattr(_taps, "PAD_CHUNK_BYTES", 1)
     _check_chunked(config, jnp.float32, "forward")
@@ -333,12 +334,53 @@ def test_taps_padded_in_batch_chunks_match_lax(config, monkeypatch):
 def test_taps_forward_pads_large_inputs_a_chunk_at_a_time(monkeypatch):
     # 4 images padded to 57x57x64 (stride 2, SAME): 3.3 MB at once, 1.7 MB a
     # chunk of 2 images (the output is the entry's own buffer).
+    monkeypatch.setattr(_regions, "TERMS_PER_TAP", 0)  # pad rather than cut regions
     monkeypatch.setattr(_taps, "PAD_BYTES", 1 << 20)
     params = jconv.conv_init(jax.random.key(0), 64, 64, (3, 3), groups=64)
     x = jnp.ones((4, 56, 56, 64))
     fn = jax.jit(lambda p, x: jconv.conv_forward(p, x, groups=64, stride=2, padding="SAME"))
     stats = fn.lower(params, x).compile().memory_analysis()
     assert stats.temp_size_in_bytes < 0.6 * (4 * 57 * 57 * 64 * 4)
+
+
+def test_region_pieces_worked_case():
+    # The _regions docstring: n = 5, 3 taps, SAME.
+    assert _regions.pieces(5, 5, 3, 1, 1, 1) == [(0, 1, [1, 2]), (1, 4, [0, 1, 2]), (4, 5, [0, 1])]
+    # Stride 2, dilation 2, lo = 3 over 9 entries, 6 outputs: tap t reads 2o + 2t - 3.
+    assert _regions.pieces(9, 6, 3, 2, 2, 3) == [
+        (0, 1, [2]),
+        (1, 2, [1, 2]),
+        (2, 4, [0, 1, 2]),
+        (4, 5, [0, 1]),
+        (5, 6, [0]),
+    ]
+
+
+# Taps mode cuts its output into regions of constant in-bounds taps and reads
+# the lhs unpadded: strides, dilation, asymmetric and wide padding, 1-D to 3-D.
+REGIONS = [
+    Config(3, (7, 6), (3, 3), 4, 4, groups=4, padding="SAME"),
+    Config(2, (9, 8), (3, 2), 3, 6, groups=3, stride=2, padding=((2, 1), (0, 1))),
+    Config(2, (11,), (3,), 2, 4, groups=2, dilation=3, padding=(4,), layout="channels_first"),
+    Config(2, (5, 4, 6), (2, 3, 3), 2, 2, groups=2, padding="SAME", dilation=(1, 2, 1)),
+    Config(2, (6, 5), (3, 3), 3, 2, padding=((2, 0), (1, 2)), lowering="taps"),
+]
+
+
+@pytest.mark.parametrize("config", REGIONS, ids=str)
+def test_taps_regions_match_lax(config):
+    params, x, _ = config.arrays(jnp.float32)
+    kw = dict(config.kwargs, lowering=config.lowering)
+    jaxpr = str(jax.make_jaxpr(lambda p, x: jconv.conv_forward(p, x, **kw))(params, x))
+    assert "pad" not in jaxpr.replace("padding", "")  # no padded copy of x
+    helpers.check_against_lax(config, jnp.float32)
+
+
+def test_regions_leave_outputs_that_read_only_padding_to_the_padded_lhs():
+    # Padding 4 past a 2-tap window: the first outputs read padding only.
+    config = Config(1, (3,), (2,), 1, 2, padding=((4, 0),), lowering="taps")
+    assert _regions.pieces(3, 6, 2, 1, 1, 4)[0] == (0, 3, [])
+    helpers.check_against_lax(config, jnp.float32)
 
 
 def test_taps_without_padding_are_not_chunked(monkeypatch):
