@@ -87,15 +87,11 @@ def _taps_pays_on_cpu(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) ->
       convolutions with fewer output than input channels (``_placed.places``:
       ``dz`` shifted onto ``x``'s grid, one matmul);
     - thin correlations (scatter mode: a stem's or LeNet's input gradient);
-    - unit-stride, undilated 1x1 correlations: one ``dot_general``, which
-      XLA:CPU runs faster than its 1x1 convolution (forward alone: 64 -> 256
-      channels at 56x56 30 -> 25 ms, 256 -> 64 18.5 -> 8.4 ms; training steps
-      256 -> 64 36 -> 29 ms and 6.2 -> 0.1 MiB, NCHW 64 -> 256 69 -> 49 ms;
-      the bench's expand shape unchanged).
+    - unit-stride 1x1 correlations that narrow the features (the input gradient
+      of a channel-expanding 1x1: 20 -> 16 ms on the bench's expand shape).
 
-    Everything else stays XLA's, strided 1x1 forwards and their input gradients
-    included (slicing or placing first lost: the bench's stride-2 NCHW step
-    26 -> 37 ms).
+    Everything else, 1x1 forwards included (XLA:CPU's convolution is a matmul
+    there already, and its strided form beats slicing first), stays XLA's.
     """
     window, outs = _terms.term_counts(lhs_shape, rhs_shape, corr)
     if min(math.prod(window), math.prod(outs)) > MAX_TERMS:
@@ -104,9 +100,9 @@ def _taps_pays_on_cpu(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) ->
     one_feature = lhs_shape[corr.lhs_axes[1]] == corr.feature_group_count  # nothing to contract
     if grouped or one_feature:
         return True
-    if math.prod(window) == 1 and all(s == 1 for s in corr.window_strides + corr.lhs_dilation):
-        # One matmul (a dot_general), which XLA:CPU runs faster than its 1x1 convolution
-        return True
+    if math.prod(window) == 1 and all(s == 1 for s in corr.window_strides):
+        # One matmul: ours wins when it narrows the features (a 1x1 input gradient)
+        return lhs_shape[corr.lhs_axes[1]] > rhs_shape[corr.rhs_axes[0]]
     mode = _taps.choose_mode(lhs_shape, rhs_shape, corr)
     if mode == "positions":
         if _placed.places(lhs_shape, rhs_shape, corr, itemsize):
