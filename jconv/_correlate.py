@@ -44,9 +44,9 @@ def correlate(lhs, rhs, corr: Correlation, precision=None, lowering: str = "auto
             most kernel gradients, thin input gradients); XLA's convolution (cuDNN
             on GPU) everywhere else. ``"auto"`` does not take the tiles: they beat
             XLA:CPU's dense 3x3 convolution over 64 and 256 channels (training
-            steps 3x3@56 54.8 -> 42.9 ms, 3x3@14 43.5 -> 36.4 ms) but hold more
+            steps 3x3@56 54.0 -> 42.9 ms, 3x3@14 43.1 -> 36.4 ms) but hold more
             memory than autodiff's step (18.9 vs 12.4, 30.6 vs 5.3 MiB), and are
-            slower over 128 channels in NCHW (52.4 vs 43.9 ms).
+            slower over 128 channels in NCHW (52.4 vs 45.4 ms).
 
     Returns:
         The result, in ``lhs``'s dtype.
