@@ -84,7 +84,7 @@ def taps_correlate(lhs, rhs, corr: Correlation, precision=None, by: str | None =
     if chunk is not None:
         out = _chunked_sum(lhs, rhs, corr, precision, by, window, outs, chunk)
         return out.astype(lhs.dtype)
-    cuts = region_cuts(lhs.shape, corr, window, outs) if by == "taps" else None
+    cuts = None if by != "taps" else region_cuts(lhs.shape, corr, window, outs, lhs.dtype.itemsize)
     if cuts is not None:  # no padded copy at all
         acc = accumulation_dtype(lhs.dtype)
         out = region_sum(lhs, rhs, corr, precision, acc, cuts).astype(lhs.dtype)

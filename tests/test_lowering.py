@@ -367,19 +367,25 @@ REGIONS = [
 
 
 @pytest.mark.parametrize("config", REGIONS, ids=str)
-def test_taps_regions_match_lax(config):
+def test_taps_regions_match_lax(config, monkeypatch):
+    monkeypatch.setattr(_regions, "REGION_BYTES", 0)  # small inputs take regions too
+    helpers._compiled.cache_clear()
     params, x, _ = config.arrays(jnp.float32)
     kw = dict(config.kwargs, lowering=config.lowering)
     jaxpr = str(jax.make_jaxpr(lambda p, x: jconv.conv_forward(p, x, **kw))(params, x))
     assert "pad" not in jaxpr.replace("padding", "")  # no padded copy of x
     helpers.check_against_lax(config, jnp.float32)
+    helpers._compiled.cache_clear()
 
 
-def test_regions_leave_outputs_that_read_only_padding_to_the_padded_lhs():
+def test_regions_leave_outputs_that_read_only_padding_to_the_padded_lhs(monkeypatch):
+    monkeypatch.setattr(_regions, "REGION_BYTES", 0)
+    helpers._compiled.cache_clear()
     # Padding 4 past a 2-tap window: the first outputs read padding only.
     config = Config(1, (3,), (2,), 1, 2, padding=((4, 0),), lowering="taps")
     assert _regions.pieces(3, 6, 2, 1, 1, 4)[0] == (0, 3, [])
     helpers.check_against_lax(config, jnp.float32)
+    helpers._compiled.cache_clear()
 
 
 def test_taps_without_padding_are_not_chunked(monkeypatch):
