@@ -1,14 +1,22 @@
-"""Random configurations in Winograd's domain against lax autodiff.
+"""Random configurations in one lowering's domain, against lax autodiff.
 
-``lowering="winograd"`` applies only to dense, unit-stride, undilated 3-tap
-windows, which the project's random samplers (``jconv verify``, the hypothesis
-tests) rarely draw. This draws only such configurations: 1-D to 3-D, both
-layouts, every padding form (including padding past the kernel, which the
-input gradient crops), bias or not, 1-5 images and channels, and half of them
-with one image per batch chunk. Each is checked with the test suite's
-``check_against_lax`` (values and all gradients, elementwise, scaled tolerance).
+``jconv verify`` and the hypothesis tests draw from every configuration, which
+rarely lands where some code paths apply. This draws only from one domain:
 
-    python experiments/winograd_random.py --configs 120 --seed 11 --dtype float64
+- ``winograd``: dense, unit-stride, undilated 3-tap windows (``lowering="winograd"``),
+  1-D to 3-D, both layouts, every padding form (including padding past the
+  kernel, which the input gradient crops), bias or not, 1-5 images and
+  channels, half of them with one image per batch chunk;
+- ``regions``: the package's general sampler (``jconv.testing``), lowerings
+  ``taps`` and ``auto``, with taps mode's regions forced on inputs of any size
+  (``_regions.REGION_BYTES = 0``; by default only padded copies over 256 KiB
+  take them, which the small sampled shapes never are).
+
+Each is checked with the test suite's ``check_against_lax`` (values and all
+gradients, elementwise, scaled tolerance)::
+
+    python experiments/random_checks.py --domain winograd --configs 120 --seed 11 --dtype float64
+    python experiments/random_checks.py --domain regions --configs 150 --seed 21 --dtype float64
 """
 
 from __future__ import annotations
@@ -24,12 +32,21 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import Config, _compiled, check_against_lax  # noqa: E402
 
-from jconv import _winograd  # noqa: E402
+from jconv import _regions, _winograd  # noqa: E402
+from jconv.testing._config import sample_config  # noqa: E402
 
 SIZES = {1: 13, 2: 9, 3: 6}  # exclusive upper bound of a spatial size
 
 
-def draw(rng) -> Config:
+def draw_regions(rng) -> Config:
+    return sample_config(
+        lambda lo, hi: int(rng.integers(lo, hi + 1)),
+        lambda seq: seq[int(rng.integers(len(seq)))],
+        lowerings=("taps", "auto"),
+    )
+
+
+def draw_winograd(rng) -> Config:
     nd = int(rng.integers(1, 4))
     form = str(rng.choice(["VALID", "SAME", "SAME_LOWER", "int", "pairs"]))
     if form == "int":
@@ -56,15 +73,21 @@ def draw(rng) -> Config:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--domain", choices=["winograd", "regions"], default="winograd")
     parser.add_argument("--configs", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float64")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     budget, failed = _winograd.WINOGRAD_BYTES, 0
+    if args.domain == "regions":
+        _regions.REGION_BYTES = 0  # regions on inputs of any size
     for _ in range(args.configs):
-        config = draw(rng)
-        _winograd.WINOGRAD_BYTES = 1 if rng.integers(0, 2) else budget  # one image a chunk
+        if args.domain == "winograd":
+            config = draw_winograd(rng)
+            _winograd.WINOGRAD_BYTES = 1 if rng.integers(0, 2) else budget  # one image a chunk
+        else:
+            config = draw_regions(rng)
         _compiled.cache_clear()  # compile afresh under this budget
         try:
             with jax.enable_x64(args.dtype == "float64"):
@@ -72,7 +95,8 @@ def main() -> int:
         except AssertionError as err:
             failed += 1
             print("FAIL", config, str(err)[:300])
-    print(f"{args.configs - failed}/{args.configs} passed ({args.dtype}, seed {args.seed})")
+    what = f"{args.domain}, {args.dtype}, seed {args.seed}"
+    print(f"{args.configs - failed}/{args.configs} passed ({what})")
     return 1 if failed else 0
 
 
