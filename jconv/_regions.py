@@ -30,7 +30,7 @@ import math
 from jax import lax
 
 from ._correlation import Correlation
-from ._terms import kernel_tap, term, window_slice
+from ._terms import kernel_tap, padded_shape, term, window_slice
 
 # Regions are used while their sums have at most this many terms per window tap
 # (a 3x3 SAME window: 49 terms for 9 taps); past that the lhs is padded once.
@@ -65,10 +65,8 @@ def region_cuts(lhs_shape, corr: Correlation, window, outs, itemsize: int):
     """
     if any(d > 1 for d in corr.lhs_dilation):
         return None
-    padded = list(lhs_shape)
-    for a, (lo, hi) in zip(corr.lhs_axes[2:], corr.padding, strict=True):
-        padded[a] += lo + hi
-    if math.prod(padded) * itemsize <= REGION_BYTES or tuple(padded) == tuple(lhs_shape):
+    padded = padded_shape(lhs_shape, corr)
+    if math.prod(padded) * itemsize <= REGION_BYTES or padded == tuple(lhs_shape):
         return None
     cuts = [
         pieces(lhs_shape[a], o, k, s, r, lo)

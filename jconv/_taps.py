@@ -48,6 +48,7 @@ from ._terms import (
     in_batch_chunks,
     kernel_tap,
     pad,
+    padded_shape,
     positions_last,
     tap_starts,
     term,
@@ -85,11 +86,7 @@ def taps_correlate(lhs, rhs, corr: Correlation, precision=None, by: str | None =
         out = _chunked_sum(lhs, rhs, corr, precision, by, window, outs, chunk)
         return out.astype(lhs.dtype)
     cuts = None if by != "taps" else region_cuts(lhs.shape, corr, window, outs, lhs.dtype.itemsize)
-    if cuts is not None:  # no padded copy at all
-        acc = accumulation_dtype(lhs.dtype)
-        out = region_sum(lhs, rhs, corr, precision, acc, cuts).astype(lhs.dtype)
-        return _materialised(out) if math.prod(window) > 1 else out
-    if by == "taps" and corr.batch_group_count == 1:
+    if by == "taps" and cuts is None and corr.batch_group_count == 1:
         chunk = divisor_within(lhs.shape[corr.lhs_axes[0]], _padded_batch(lhs, corr))
         if chunk < lhs.shape[corr.lhs_axes[0]]:
             # A loop over batch chunks: each pads only its own chunk, and the
@@ -99,7 +96,11 @@ def taps_correlate(lhs, rhs, corr: Correlation, precision=None, by: str | None =
                 return out.astype(lhs.dtype)
 
             return in_batch_chunks(sum_of_terms, lhs, chunk, corr)
-    out = _sum_of_terms(lhs, rhs, corr, precision, by, window, outs).astype(lhs.dtype)
+    if cuts is not None:  # no padded copy at all
+        out = region_sum(lhs, rhs, corr, precision, accumulation_dtype(lhs.dtype), cuts)
+    else:
+        out = _sum_of_terms(lhs, rhs, corr, precision, by, window, outs)
+    out = out.astype(lhs.dtype)
     return _materialised(out) if by == "taps" and math.prod(window) > 1 else out
 
 
@@ -120,12 +121,10 @@ def _padded_batch(lhs, corr: Correlation) -> int:
     more per step (3x3 depthwise over 8 images of 28x28x256: medians of 31
     runs 5.5 -> 6.4 ms, 23.6 -> 15.7 MiB; ``value_and_grad``, A/B in one process).
     """
-    shape = list(lhs.shape)
-    for a, (lo, hi), d in zip(corr.lhs_axes[2:], corr.padding, corr.lhs_dilation, strict=True):
-        shape[a] = (shape[a] - 1) * d + 1 + lo + hi
+    shape = padded_shape(lhs.shape, corr)
     padded = math.prod(shape) * lhs.dtype.itemsize
     batch = shape[corr.lhs_axes[0]]
-    if padded <= PAD_BYTES or tuple(shape) == lhs.shape:  # small, or no copy at all
+    if padded <= PAD_BYTES or shape == lhs.shape:  # small, or no copy at all
         return batch
     return max(1, PAD_CHUNK_BYTES // (padded // batch))
 

@@ -24,19 +24,22 @@ from ._correlation import Correlation
 def term_counts(lhs_shape, rhs_shape, corr: Correlation):
     """``(window, outputs)``: the spatial sizes of the rhs and of the result."""
     window = tuple(rhs_shape[a] for a in corr.rhs_axes[2:])
-    outs = []
-    for axis, k, (lo, hi), d, rd, s in zip(
-        corr.lhs_axes[2:],
-        window,
-        corr.padding,
-        corr.lhs_dilation,
-        corr.rhs_dilation,
-        corr.window_strides,
-        strict=True,
-    ):
-        dilated = (lhs_shape[axis] - 1) * d + 1 + lo + hi
-        outs.append((dilated - (k - 1) * rd - 1) // s + 1)
+    padded = padded_shape(lhs_shape, corr)
+    outs = [
+        (padded[axis] - (k - 1) * rd - 1) // s + 1
+        for axis, k, rd, s in zip(
+            corr.lhs_axes[2:], window, corr.rhs_dilation, corr.window_strides, strict=True
+        )
+    ]
     return window, tuple(outs)
+
+
+def padded_shape(lhs_shape, corr: Correlation) -> tuple[int, ...]:
+    """The shape of :func:`pad`'s result: the lhs dilated and edge-padded."""
+    shape = list(lhs_shape)
+    for axis, (lo, hi), d in zip(corr.lhs_axes[2:], corr.padding, corr.lhs_dilation, strict=True):
+        shape[axis] = (shape[axis] - 1) * d + 1 + lo + hi
+    return tuple(shape)
 
 
 def pad(a, axes, corr: Correlation):

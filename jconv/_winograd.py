@@ -52,7 +52,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ._correlation import Correlation, accumulation_dtype
-from ._terms import divisor_within, in_batch_chunks, interleave, window_slice
+from ._terms import divisor_within, in_batch_chunks, interleave, term_counts, window_slice
 
 # Bᵀ (input), G (kernel) and Aᵀ (output) of F(2, 3), as rows of coefficients.
 B_T = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
@@ -80,7 +80,7 @@ def applies(lhs_shape, rhs_shape, corr: Correlation) -> bool:
         and all(d == 1 for d in corr.rhs_dilation)
         and all(rhs_shape[a] == 3 for a in corr.rhs_axes[2:])
         and all(lo >= 0 and hi >= 0 for lo, hi in corr.padding)
-        and all(o >= 1 for o in _outs(lhs_shape, corr))
+        and all(o >= 1 for o in term_counts(lhs_shape, rhs_shape, corr)[1])
     )
 
 
@@ -96,7 +96,7 @@ def winograd_correlate(lhs, rhs, corr: Correlation, precision=None):
         The result, in ``lhs``'s dtype, laid out as ``corr.out_axes`` say.
     """
     acc = accumulation_dtype(lhs.dtype) or lhs.dtype
-    outs = _outs(lhs.shape, corr)
+    _, outs = term_counts(lhs.shape, rhs.shape, corr)
     tiles = [-(-o // 2) for o in outs]
     u = _kernel_transform(rhs.astype(acc), corr)
     entry = math.prod(lhs.shape) // lhs.shape[corr.lhs_axes[0]] * jnp.dtype(acc).itemsize
@@ -115,11 +115,6 @@ def winograd_correlate(lhs, rhs, corr: Correlation, precision=None):
         return _output_transform(_products(v, u, last, precision), last, outs).astype(lhs.dtype)
 
     return in_batch_chunks(tiled, lhs, chunk, corr)
-
-
-def _outs(lhs_shape, corr: Correlation) -> list[int]:
-    pads = zip(corr.lhs_axes[2:], corr.padding, strict=True)
-    return [lhs_shape[a] + lo + hi - 2 for a, (lo, hi) in pads]
 
 
 def _input_transform(lhs, corr: Correlation, tiles):
