@@ -133,23 +133,32 @@ def _compile(fn, *args):
     return compiled, seconds, temp
 
 
-def _grad_fn(forward, shape: Shape):
+def _grad_fn(forward, shape: Shape, chained: bool = False):
     """The loss ``sum(conv(x) * ct)`` and its gradients; ``ct`` is an argument, as in a real step.
 
     The loss is returned with the gradients: it is linear in ``conv(x)``, so under
     ``jax.grad`` alone XLA drops the forward convolution as dead code and would
     time the backward pass only, where torch's runner (and a training step, whose
     next layer reads ``conv(x)``) computes the forward as well.
+
+    With that loss the three passes are independent (the cotangent is ``ct``),
+    and XLA may run them at once. ``chained`` adds ``sum(conv(x) ** 2) / 2``, so
+    that the cotangent is ``ct + conv(x)`` and the backward waits for the
+    forward, as in a network.
     """
 
     def loss(p, x, ct):
-        return jnp.sum(forward(p, x, **shape.config.kwargs) * ct)
+        z = forward(p, x, **shape.config.kwargs)
+        value = jnp.sum(z * ct)
+        return value + 0.5 * jnp.sum(z * z) if chained else value
 
     return jax.value_and_grad(loss, argnums=(0, 1))
 
 
-def _torch_runners(named: Shape) -> dict[str, Any]:
+def _torch_runners(named: Shape, chained: bool = False) -> dict[str, Any]:
     """PyTorch CPU forward + backward of the shape, one runner per memory format.
+
+    The cotangent is ones, or ``1 + z`` when ``chained`` (see :func:`_grad_fn`).
 
     Empty when torch is not installed or cannot express the shape (SAME padding
     with a stride, or more than 2 spatial dims).
@@ -195,7 +204,7 @@ def _torch_runners(named: Shape) -> dict[str, Any]:
                 dilation=shape.dilation,
                 groups=shape.groups,
             )
-            z.backward(torch.ones_like(z))
+            z.backward(torch.ones_like(z) + z.detach() if chained else torch.ones_like(z))
             return time.perf_counter() - t0
 
         runners[name] = run
@@ -206,7 +215,9 @@ def _torch_runners(named: Shape) -> dict[str, Any]:
 BLOCKS = 3
 
 
-def bench_shape(shape: Shape, repeats: int, torch: bool, peak: float) -> dict[str, Any]:
+def bench_shape(
+    shape: Shape, repeats: int, torch: bool, peak: float, chained: bool = False
+) -> dict[str, Any]:
     params, x, ct = shape.config.arrays()
     z_shape = ct.shape
     contenders = {
@@ -216,7 +227,7 @@ def bench_shape(shape: Shape, repeats: int, torch: bool, peak: float) -> dict[st
     result: dict[str, Any] = {"shape": {"name": shape.name, **dataclasses.asdict(shape.config)}}
     grad_runners, fwd_runners = {}, {}
     for name, forward in contenders.items():
-        g, compile_s, temp = _compile(_grad_fn(forward, shape), params, x, ct)
+        g, compile_s, temp = _compile(_grad_fn(forward, shape, chained), params, x, ct)
         f, _, _ = _compile(
             lambda p, x, forward=forward: forward(p, x, **shape.config.kwargs), params, x
         )
@@ -229,7 +240,7 @@ def bench_shape(shape: Shape, repeats: int, torch: bool, peak: float) -> dict[st
     # run by run, each framework's thread pool falls asleep while the other
     # runs and every run pays its wake-up (LeNet: jconv 2.6 ms back to back,
     # 3.3 ms alternating with torch, 4.8 ms after a 20 ms sleep).
-    torch_runners = _torch_runners(shape) if torch else {}
+    torch_runners = _torch_runners(shape, chained) if torch else {}
     grad = _in_blocks([grad_runners, torch_runners], repeats, BLOCKS)
     fwd = _interleaved(fwd_runners, repeats)
     flops = 3 * shape.forward_flops(z_shape)
@@ -250,8 +261,12 @@ def run(
     torch: bool = True,
     progress=print,
     lowering: str = "auto",
+    chained: bool = False,
 ) -> dict[str, Any]:
-    """Runs the suite (or the named shapes), jconv with ``lowering``; returns the report dict."""
+    """Runs the suite (or the named shapes), jconv with ``lowering``; returns the report dict.
+
+    ``chained`` times the step whose backward waits for the forward (:func:`_grad_fn`).
+    """
     shapes = [
         dataclasses.replace(s, config=dataclasses.replace(s.config, lowering=lowering))
         for s in SUITE
@@ -261,7 +276,7 @@ def run(
     progress(f"float32 matmul: {peak:.1f} GFLOP/s on {jax.devices()[0].device_kind}")
     rows = []
     for shape in shapes:
-        row = bench_shape(shape, repeats, torch, peak)
+        row = bench_shape(shape, repeats, torch, peak, chained)
         rows.append(row)
         progress(
             f"{shape.name:<22} jconv {row['jconv_fwd_bwd_s'] * 1e3:9.2f} ms  autodiff "
@@ -274,6 +289,7 @@ def run(
         "device": jax.devices()[0].device_kind,
         "jax_version": jax.__version__,
         "lowering": lowering,
+        "chained": chained,
         "repeats": repeats,
         "matmul_gflops": peak,
         "geomean_ratio": math.exp(statistics.fmean(math.log(r) for r in ratios)),
@@ -286,7 +302,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"backend {report['backend']} ({report['device']}), jax {report['jax_version']}, "
         f"jconv lowering {report.get('lowering', 'auto')!r}, "
-        f"medians of >= {report['repeats']} interleaved runs (fwd+bwd: jax and torch "
+        + ("chained step (cotangent ct + conv(x)), " if report.get("chained") else "")
+        + f"medians of >= {report['repeats']} interleaved runs (fwd+bwd: jax and torch "
         f"in turns of {BLOCKS} blocks); float32 matmul "
         f"{report['matmul_gflops']:.1f} GFLOP/s",
         "",

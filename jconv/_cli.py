@@ -103,7 +103,11 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"error: unknown shapes {unknown}; known: {sorted(known)}", file=sys.stderr)
         return 2
     report = _bench.run(
-        names, repeats=args.repeats, torch=not args.no_torch, lowering=args.lowering
+        names,
+        repeats=args.repeats,
+        torch=not args.no_torch,
+        lowering=args.lowering,
+        chained=args.chained,
     )
     out = Path(args.out)
     _bench.write(report, out)
@@ -203,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=LOWERINGS,
         default="auto",
         help="jconv's lowering (default auto; the tiles of winograd are opt-in)",
+    )
+    bench.add_argument(
+        "--chained",
+        action="store_true",
+        help="loss sum(z * ct) + sum(z**2) / 2: the backward waits for the forward, as in "
+        "a network (default: sum(z * ct), whose three passes are independent)",
     )
     bench.set_defaults(func=_bench)
     return parser

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from . import _placed, _taps, _terms, _winograd
+from . import _cpu_xla, _placed, _taps, _terms, _winograd
 from ._correlation import Correlation, accumulation_dtype
 
 # The taps lowering unrolls one einsum per term; beyond this many it stays XLA's.
@@ -29,7 +29,9 @@ MAX_TERMS = 64
 MAX_ENTRY_BYTES = 1 << 20
 
 
-def correlate(lhs, rhs, corr: Correlation, precision=None, lowering: str = "auto"):
+def correlate(
+    lhs, rhs, corr: Correlation, precision=None, lowering: str = "auto", *, forward: bool = False
+):
     """Computes the correlation ``corr`` of ``lhs`` with ``rhs``.
 
     Args:
@@ -41,12 +43,16 @@ def correlate(lhs, rhs, corr: Correlation, precision=None, lowering: str = "auto
             ``_winograd.py``, where :func:`_winograd.applies`; as ``"auto"``
             elsewhere) or ``"auto"``: on CPU, taps where XLA:CPU's convolution is
             slow (:func:`_taps_pays_on_cpu`: grouped and depthwise correlations,
-            most kernel gradients, thin input gradients); XLA's convolution (cuDNN
+            most kernel gradients, thin input gradients), dense channels-last 2-D
+            input gradients as XLA's convolution with one extra output row, which
+            XLA:CPU runs on every core (``_cpu_xla.py``); XLA's convolution (cuDNN
             on GPU) everywhere else. ``"auto"`` does not take the tiles: they beat
             XLA:CPU's dense 3x3 convolution over 64 and 256 channels (training
             steps 3x3@56 54.0 -> 42.9 ms, 3x3@14 43.1 -> 36.4 ms) but hold more
             memory than autodiff's step (18.9 vs 12.4, 30.6 vs 5.3 MiB), and are
             slower over 128 channels in NCHW (52.4 vs 45.4 ms).
+        forward: whether this is the forward pass, whose result the caller's
+            code consumes (``auto`` keeps it off the ``_cpu_xla`` route).
 
     Returns:
         The result, in ``lhs``'s dtype.
@@ -65,9 +71,16 @@ def correlate(lhs, rhs, corr: Correlation, precision=None, lowering: str = "auto
         return taps(lhs, rhs)
     if lowering == "winograd" and _winograd.applies(lhs.shape, rhs.shape, corr):
         return winograd(lhs, rhs)
-    if not _taps_pays_on_cpu(lhs.shape, rhs.shape, corr, lhs.dtype.itemsize):
-        return xla(lhs, rhs)
-    return lax.platform_dependent(lhs, rhs, cpu=taps, default=xla)
+    if _taps_pays_on_cpu(lhs.shape, rhs.shape, corr, lhs.dtype.itemsize):
+        return lax.platform_dependent(lhs, rhs, cpu=taps, default=xla)
+    if not forward and _cpu_xla.applies(lhs, rhs, corr):
+        every_core = functools.partial(
+            _cpu_xla.cpu_xla_correlate,
+            corr=corr,
+            conv=functools.partial(_xla_conv, precision=precision),
+        )
+        return lax.platform_dependent(lhs, rhs, cpu=every_core, default=xla)
+    return xla(lhs, rhs)
 
 
 def _taps_pays_on_cpu(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) -> bool:

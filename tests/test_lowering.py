@@ -535,3 +535,18 @@ def test_every_taps_mode_matches_lax(config, mode, monkeypatch):
     helpers._compiled.cache_clear()
     helpers.check_against_lax(dataclasses.replace(config, lowering="taps"), jnp.float32)
     helpers._compiled.cache_clear()
+
+
+def test_bench_chained_step_waits_for_the_forward(tmp_path):
+    shape = _bench.Shape("tiny", Config(2, (6, 6), (3, 3), 4, 4, padding="SAME"))
+    params, x, ct = shape.config.arrays()
+    z = jconv.conv_forward(params, x, **shape.config.kwargs)
+    (value, (gp, gx)) = _bench._grad_fn(jconv.conv_forward, shape, chained=True)(params, x, ct)
+    helpers.assert_close(value, jnp.sum(z * ct) + 0.5 * jnp.sum(z * z))
+    # The cotangent is ct + z: the bias gradient sums it.
+    helpers.assert_close(gp["bias"], jnp.sum(ct + z, axis=(0, 1, 2)))
+    report = _bench.run(
+        ["lenet-5x5"], repeats=1, torch=False, progress=lambda s: None, chained=True
+    )
+    assert report["chained"] and report["rows"][0]["jconv_fwd_bwd_s"] > 0
+    assert "chained step" in _bench.markdown(report)

@@ -1,0 +1,127 @@
+"""XLA:CPU's dense 2-D convolutions on every core, by one extra output row.
+
+XLA:CPU (jax 0.10) hands each 2-D float32/float64 convolution with more than
+16 features that it can (``ynn_support.cc``: no base dilation, no window
+reversal, no output dim larger than its input dim) to YNNPACK, whose
+convolution runs on one thread where the output has up to about 64 features
+(8 images of 56x56x64, 3x3, 64 -> 64: 24 ms on one core and on two). Any other
+convolution goes to Eigen's, which uses every core of the intra-op pool (13-14
+ms on two cores for that convolution, 25 ms on one: the same work per core).
+
+Asking for ``e`` more output rows than the correlation has, by padding the lhs
+``e`` more rows at the high end of the first spatial dim, makes the output
+larger than the input there, so YNNPACK's check refuses it and Eigen computes
+it; the extra rows are sliced off. They read only padding beyond the last real
+row's window, so the kept rows are the correlation's, bit for bit the sums
+Eigen computes. With unit stride, input size ``n``, window ``w`` and padding
+``(lo, hi)``, the output has ``m = n + lo + hi - w + 1`` rows and ``e = n - m +
+1`` extra rows make it ``n + 1 > n``. A SAME 3x3 over 56 rows (``lo = hi = 1``)
+has ``m = 56``: one extra row, ``hi = 2``, 57 rows computed, 56 kept (1.8 %
+more work). A VALID 3x3 has ``m = 54`` and needs three; the route is taken
+while the extra rows are at most an eighth of the output.
+
+The extra rows cost one more output-sized buffer, so the batch goes in chunks of
+at most :data:`CHUNK_BYTES` of output, each sliced into the output in place
+(``_terms.in_batch_chunks``).
+
+Taken by ``lowering="auto"`` on CPU only (``lax.platform_dependent``), for
+channels-last, unit-stride, undilated, ungrouped 2-D correlations of more than
+16 and at most :data:`MAX_OUT_FEATURES` output features that slide (window no
+larger than the output), except the forward pass: in practice the input
+gradients. Kernel gradients (positions: a window as large as the image) and
+channels-first operands (XLA would transpose every chunk) stay as they were.
+The forward stays YNNPACK's because YNNPACK fuses what consumes it (the bias,
+and in ``jconv bench``'s step the loss's product and sum) into its convolution,
+so its output is never stored; routed, the output is stored, 6.1 MiB more for
+3x3@56 (14.6 MiB against autodiff's 12.4) and 28 MiB for the 1x1 expand.
+
+Measured on the 2-core development machine (medians, same process): 3x3@56 over
+64 features, input gradient 24.2 -> 14.6 ms (``experiments/lowering_passes.py``);
+its training step 53.6 -> 45.6 ms with ``jconv bench``'s loss, and 71.4 -> 59.4
+ms in a chained step whose backward waits for the forward, as in a network
+(``jconv bench --chained``). GoogLeNet's 5x5 (192 -> 32) chained step 65.5 ->
+57.4 ms.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from . import _terms
+from ._correlation import Correlation
+
+# Output bytes per batch chunk (the extra buffer the route holds at once).
+CHUNK_BYTES = 1 << 20
+# The most extra rows, as a fraction of the output rows, worth computing.
+MAX_EXTRA_FRACTION = 1 / 8
+# YNNPACK's own threshold: convolutions of at most this many features stay XLA's loops.
+YNN_MIN_FEATURES = 16
+# Beyond this many output features YNNPACK spreads the work itself (3x3@14, 256
+# features: 14.6 ms either way; 128 features at 28x28: 15.3 -> 13.5 ms).
+MAX_OUT_FEATURES = 128
+_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64))
+_CHANNELS_LAST = (0, 3, 1, 2)  # (batch, feature, *spatial) axes of an NHWC array
+
+
+def extra_rows(lhs_shape, rhs_shape, corr: Correlation) -> int:
+    """Rows to add to the output so that it outgrows the lhs (0: the route does not apply)."""
+    if not _eligible(lhs_shape, rhs_shape, corr):
+        return 0
+    window, outs = _terms.term_counts(lhs_shape, rhs_shape, corr)
+    if any(w > o for w, o in zip(window, outs, strict=True)):
+        return 0  # positions (a kernel gradient): not a sliding window
+    extra = lhs_shape[corr.lhs_axes[2]] - outs[0] + 1
+    return extra if 0 < extra <= max(1, outs[0] * MAX_EXTRA_FRACTION) else 0
+
+
+def _eligible(lhs_shape, rhs_shape, corr: Correlation) -> bool:
+    features = max(lhs_shape[corr.lhs_axes[1]], rhs_shape[corr.rhs_axes[0]])
+    out_features = rhs_shape[corr.rhs_axes[0]]
+    return (
+        len(corr.padding) == 2
+        and lhs_shape[corr.lhs_axes[0]] > 0
+        and corr.lhs_axes == _CHANNELS_LAST
+        and corr.out_axes == _CHANNELS_LAST
+        and corr.feature_group_count == 1
+        and corr.batch_group_count == 1
+        and all(s == 1 for s in corr.window_strides)
+        and all(d == 1 for d in corr.lhs_dilation + corr.rhs_dilation)
+        and all(lo >= 0 and hi >= 0 for lo, hi in corr.padding)
+        and features > YNN_MIN_FEATURES
+        and out_features <= MAX_OUT_FEATURES
+    )
+
+
+def applies(lhs, rhs, corr: Correlation) -> bool:
+    """Whether ``lowering="auto"`` computes ``corr`` by this route on CPU."""
+    return jnp.dtype(lhs.dtype) in _DTYPES and extra_rows(lhs.shape, rhs.shape, corr) > 0
+
+
+def cpu_xla_correlate(lhs, rhs, corr: Correlation, conv):
+    """``conv(lhs, rhs, corr)`` computed with :func:`extra_rows` more rows, in batch chunks.
+
+    Args:
+        lhs, rhs: the operands, channels-last (see :func:`applies`).
+        corr: the correlation.
+        conv: ``conv(lhs, rhs, corr) -> out``, XLA's convolution.
+    """
+    extra = extra_rows(lhs.shape, rhs.shape, corr)
+    (lo, hi), rest = corr.padding[0], corr.padding[1:]
+    taller = dataclasses.replace(corr, padding=((lo, hi + extra), *rest))
+    rows_axis = corr.out_axes[2]
+
+    def rows_kept(part):
+        out = conv(part, rhs, taller)
+        return lax.slice_in_dim(out, 0, out.shape[rows_axis] - extra, axis=rows_axis)
+
+    batch_axis = corr.lhs_axes[0]
+    batch = lhs.shape[batch_axis]
+    one = jax.ShapeDtypeStruct(_terms.resized(lhs.shape, (batch_axis,), (1,)), lhs.dtype)
+    per_entry = math.prod(jax.eval_shape(rows_kept, one).shape) * lhs.dtype.itemsize
+    fits = [c for c in range(1, batch + 1) if batch % c == 0 and c * per_entry <= CHUNK_BYTES]
+    return _terms.in_batch_chunks(rows_kept, lhs, max(fits, default=1), corr)
