@@ -32,6 +32,7 @@ import dataclasses
 import itertools
 import math
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -218,7 +219,16 @@ def _chunked_sum(lhs, rhs, corr: Correlation, precision, by, window, outs, chunk
         return _sum_of_terms(lhs_part, rhs_part, corr, precision, by, window, outs)
 
     count = lhs.shape[lf] // chunk
-    return lax.fori_loop(1, count, lambda i, acc: acc + chunk_sum(i * chunk), chunk_sum(0))
+    # Every chunk inside the loop, the first one included: a first chunk summed
+    # before the loop (as the accumulator's start) depends on the forward input
+    # alone, so XLA:CPU's concurrency-minded scheduler built its im2col stacks
+    # during the forward pass and held them through the backward, one set per
+    # layer of a network (three 3x3 layers over 8 images of 56x56x64: 59.8 MiB
+    # against autodiff's 49.0, now 45.5; 30.2 against 15.3, now 19.6, for four
+    # over 16 of 28x28x32).
+    part = jax.eval_shape(chunk_sum, 0)
+    zeros = jnp.zeros(part.shape, part.dtype)
+    return lax.fori_loop(0, count, lambda i, acc: acc + chunk_sum(i * chunk), zeros)
 
 
 def _sum_of_terms(lhs, rhs, corr: Correlation, precision, by, window, outs):
