@@ -44,7 +44,7 @@ def correlate(
             elsewhere) or ``"auto"``: on CPU, taps where XLA:CPU's convolution is
             slow (:func:`_taps_pays_on_cpu`: grouped and depthwise correlations,
             most kernel gradients, thin input gradients), dense channels-last 2-D
-            input gradients as XLA's convolution with one extra output row, which
+            input gradients as XLA's convolution with extra output rows, which
             XLA:CPU runs on every core (``_cpu_xla.py``); XLA's convolution (cuDNN
             on GPU) everywhere else. ``"auto"`` does not take the tiles: they beat
             XLA:CPU's dense 3x3 convolution over 64 and 256 channels (training

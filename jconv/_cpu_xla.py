@@ -1,28 +1,33 @@
-"""XLA:CPU's dense 2-D convolutions on every core, by one extra output row.
+"""XLA:CPU's dense 2-D convolutions on every core, by extra output rows.
 
 XLA:CPU (jax 0.10) hands each 2-D float32/float64 convolution with more than
 16 features that it can (``ynn_support.cc``: no base dilation, no window
-reversal, no output dim larger than its input dim) to YNNPACK, whose
+reversal, no output or kernel dim larger than its input dim) to YNNPACK, whose
 convolution runs on one thread where the output has up to about 64 features
 (8 images of 56x56x64, 3x3, 64 -> 64: 24 ms on one core and on two). Any other
 convolution goes to Eigen's, which uses every core of the intra-op pool (13-14
 ms on two cores for that convolution, 25 ms on one: the same work per core).
+The gain is the idle cores': on a machine busy with other work it is gone.
 
 Asking for ``e`` more output rows than the correlation has, by padding the lhs
 ``e`` more rows at the high end of the first spatial dim, makes the output
 larger than the input there, so YNNPACK's check refuses it and Eigen computes
 it; the extra rows are sliced off. They read only padding beyond the last real
-row's window, so the kept rows are the correlation's, bit for bit the sums
-Eigen computes. With unit stride, input size ``n``, window ``w`` and padding
-``(lo, hi)``, the output has ``m = n + lo + hi - w + 1`` rows and ``e = n - m +
-1`` extra rows make it ``n + 1 > n``. A SAME 3x3 over 56 rows (``lo = hi = 1``)
-has ``m = 56``: one extra row, ``hi = 2``, 57 rows computed, 56 kept (1.8 %
-more work). A VALID 3x3 has ``m = 54`` and needs three; the route is taken
-while the extra rows are at most an eighth of the output.
+row's window, so the kept rows are the correlation's (Eigen's sums, which may
+round differently from YNNPACK's). With unit stride, input size ``n``, window
+``w`` and padding ``(lo, hi)``, the output has ``m = n + lo + hi - w + 1`` rows
+and ``e = n - m + 1`` extra rows make it ``n + 1 > n``. The input gradient of a
+SAME 3x3 over 56 rows correlates ``dz`` (56 rows) padded ``(1, 1)``: ``m = 56``,
+one extra row, ``hi = 2``, 57 rows computed and 56 kept (1.8 % more work). A
+forward padded ``(2, 2)`` has 58 output rows, and its input gradient correlates
+them unpadded: ``m = 56``, three extra rows. The route is taken while the extra
+rows are at most an eighth of the output, and only where YNNPACK would take the
+plain correlation (no output or window dim already larger than the input).
 
-The extra rows cost one more output-sized buffer, so the batch goes in chunks of
-at most :data:`CHUNK_BYTES` of output, each sliced into the output in place
-(``_terms.in_batch_chunks``).
+Each batch chunk holds its taller output and the slice kept from it, so the
+batch goes in chunks of at most :data:`CHUNK_BYTES` of output (one entry at
+least: a chunk of one 112x112x64 image holds 6.3 MiB), each written into the
+output in place (``_terms.in_batch_chunks``).
 
 Taken by ``lowering="auto"`` on CPU only (``lax.platform_dependent``), for
 channels-last, unit-stride, undilated, ungrouped 2-D correlations of more than
@@ -75,6 +80,9 @@ def extra_rows(lhs_shape, rhs_shape, corr: Correlation) -> int:
     window, outs = _terms.term_counts(lhs_shape, rhs_shape, corr)
     if any(w > o for w, o in zip(window, outs, strict=True)):
         return 0  # positions (a kernel gradient): not a sliding window
+    sizes = [lhs_shape[a] for a in corr.lhs_axes[2:]]
+    if any(o > n or w > n for o, w, n in zip(outs, window, sizes, strict=True)):
+        return 0  # YNNPACK refuses the plain correlation already
     extra = lhs_shape[corr.lhs_axes[2]] - outs[0] + 1
     return extra if 0 < extra <= max(1, outs[0] * MAX_EXTRA_FRACTION) else 0
 

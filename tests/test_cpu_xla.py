@@ -1,6 +1,7 @@
 """The every-core route of XLA:CPU's convolution (``jconv/_cpu_xla.py``)."""
 
 import dataclasses
+import re
 
 import helpers
 import jax
@@ -39,6 +40,10 @@ def test_extra_rows_worked_cases():
     assert _cpu_xla.extra_rows((8, 16, 16, 64), rhs, _corr(padding=((0, 0), (0, 0)))) == 0
     # A 1x1 window: one more row.
     assert _cpu_xla.extra_rows(lhs, (1, 1, 64, 64), _corr(padding=((0, 0), (0, 0)))) == 1
+    # Already wider than the input (58 > 56 columns), or a window wider than
+    # it: YNNPACK refuses the plain correlation, nothing to route.
+    assert _cpu_xla.extra_rows(lhs, rhs, _corr(padding=((1, 1), (2, 2)))) == 0
+    assert _cpu_xla.extra_rows((8, 56, 2, 64), rhs, _corr(padding=((1, 1), (1, 1)))) == 0
 
 
 @pytest.mark.parametrize(
@@ -70,9 +75,15 @@ def test_half_precision_stays_off_the_route():
 ROUTED = [
     Config(2, (12, 12), (3, 3), 24, 20, padding="SAME"),
     Config(3, (10, 9), (3, 2), 20, 24, padding=((2, 0), (1, 1))),
-    Config(2, (24, 12), (3, 3), 20, 24, padding="VALID"),
+    # The forward pads more than SAME: the input gradient is a VALID correlation
+    # of 26 dz rows, three extra rows.
+    Config(2, (24, 12), (3, 3), 20, 24, padding=((2, 2), (1, 1))),
     Config(2, (9, 9), (1, 1), 20, 18, padding="VALID", bias=False),
 ]
+
+
+def _pads(lowered):
+    return re.findall(r"pad = (\[\[.*?\]\])", lowered.as_text())
 
 
 def _dx_lowered(config, lowering="auto", platform="cpu"):
@@ -89,8 +100,9 @@ def _dx_lowered(config, lowering="auto", platform="cpu"):
 @pytest.mark.parametrize("config", ROUTED, ids=str)
 def test_routed_input_gradients_match_lax(config):
     # The grid's small shapes have too few features for the route; these have more.
-    text = _dx_lowered(config).as_text()
-    assert text.count("stablehlo.convolution") == 1 and "stablehlo.while" not in text
+    routed, plain = _pads(_dx_lowered(config)), _pads(_dx_lowered(config, "xla"))
+    assert len(routed) == len(plain) == 1 and routed != plain  # taller: the route
+    assert "stablehlo.while" not in _dx_lowered(config).as_text()  # one chunk
     helpers.check_against_lax(config, jnp.float32)
 
 
