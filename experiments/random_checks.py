@@ -10,13 +10,19 @@ rarely lands where some code paths apply. This draws only from one domain:
 - ``regions``: the package's general sampler (``jconv.testing``), lowerings
   ``taps`` and ``auto``, with taps mode's regions forced on inputs of any size
   (``_regions.REGION_BYTES = 0``; by default only padded copies over 256 KiB
-  take them, which the small sampled shapes never are).
+  take them, which the small sampled shapes never are);
+- ``cpu_xla``: ``lowering="auto"`` on dense, channels-last, unit-stride 2-D
+  convolutions of 17-40 input channels, windows 1-4, every padding form
+  (including padding past the kernel), 1-5 images, half of them with one image
+  per batch chunk: the input gradients that ``_cpu_xla`` routes (the run
+  reports how many configurations took the route).
 
 Each is checked with the test suite's ``check_against_lax`` (values and all
 gradients, elementwise, scaled tolerance)::
 
     python experiments/random_checks.py --domain winograd --configs 120 --seed 11 --dtype float64
     python experiments/random_checks.py --domain regions --configs 150 --seed 21 --dtype float64
+    python experiments/random_checks.py --domain cpu_xla --configs 150 --seed 31 --dtype float64
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import Config, _compiled, check_against_lax  # noqa: E402
 
-from jconv import _regions, _winograd  # noqa: E402
+from jconv import _cpu_xla, _regions, _winograd  # noqa: E402
 from jconv.testing._config import sample_config  # noqa: E402
 
 SIZES = {1: 13, 2: 9, 3: 6}  # exclusive upper bound of a spatial size
@@ -48,15 +54,7 @@ def draw_regions(rng) -> Config:
 
 def draw_winograd(rng) -> Config:
     nd = int(rng.integers(1, 4))
-    form = str(rng.choice(["VALID", "SAME", "SAME_LOWER", "int", "pairs"]))
-    if form == "int":
-        padding = int(rng.integers(0, 5))
-        pads = [(padding, padding)] * nd
-    elif form == "pairs":
-        padding = tuple((int(rng.integers(0, 5)), int(rng.integers(0, 5))) for _ in range(nd))
-        pads = list(padding)
-    else:
-        padding, pads = form, [(0, 0)] * nd
+    padding, pads = _padding(rng, nd)
     spatial = tuple(int(rng.integers(max(1, 3 - lo - hi), SIZES[nd])) for lo, hi in pads)
     return Config(
         int(rng.integers(1, 6)),
@@ -71,21 +69,62 @@ def draw_winograd(rng) -> Config:
     )
 
 
+def _padding(rng, nd):
+    """A padding argument of a random form, and its (lo, hi) pairs (zeros for strings)."""
+    form = str(rng.choice(["VALID", "SAME", "SAME_LOWER", "int", "pairs"]))
+    if form == "int":
+        padding = int(rng.integers(0, 5))
+        return padding, [(padding, padding)] * nd
+    if form == "pairs":
+        padding = tuple((int(rng.integers(0, 5)), int(rng.integers(0, 5))) for _ in range(nd))
+        return padding, list(padding)
+    return form, [(0, 0)] * nd
+
+
+def draw_cpu_xla(rng) -> Config:
+    padding, pads = _padding(rng, 2)
+    window = tuple(int(rng.integers(1, 5)) for _ in range(2))
+    spatial = tuple(
+        int(rng.integers(max(1, w - lo - hi), 13)) for w, (lo, hi) in zip(window, pads, strict=True)
+    )
+    return Config(
+        int(rng.integers(1, 6)),
+        spatial,
+        window,
+        int(rng.integers(17, 41)),
+        int(rng.integers(1, 41)),
+        padding=padding,
+        bias=bool(rng.integers(0, 2)),
+        lowering="auto",
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--domain", choices=["winograd", "regions"], default="winograd")
+    parser.add_argument("--domain", choices=["winograd", "regions", "cpu_xla"], default="winograd")
     parser.add_argument("--configs", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float64")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     budget, failed = _winograd.WINOGRAD_BYTES, 0
+    routed, route = [0], _cpu_xla.cpu_xla_correlate
+
+    def counted(*args, **kwargs):
+        routed[0] += 1
+        return route(*args, **kwargs)
+
+    _cpu_xla.cpu_xla_correlate = counted  # traced once per compile: counts configs
+    chunk_bytes = _cpu_xla.CHUNK_BYTES
     if args.domain == "regions":
         _regions.REGION_BYTES = 0  # regions on inputs of any size
     for _ in range(args.configs):
         if args.domain == "winograd":
             config = draw_winograd(rng)
             _winograd.WINOGRAD_BYTES = 1 if rng.integers(0, 2) else budget  # one image a chunk
+        elif args.domain == "cpu_xla":
+            config = draw_cpu_xla(rng)
+            _cpu_xla.CHUNK_BYTES = 1 if rng.integers(0, 2) else chunk_bytes  # one image a chunk
         else:
             config = draw_regions(rng)
         _compiled.cache_clear()  # compile afresh under this budget
@@ -96,7 +135,8 @@ def main() -> int:
             failed += 1
             print("FAIL", config, str(err)[:300])
     what = f"{args.domain}, {args.dtype}, seed {args.seed}"
-    print(f"{args.configs - failed}/{args.configs} passed ({what})")
+    took = f"; {routed[0]} compiled programs took the cpu_xla route" if routed[0] else ""
+    print(f"{args.configs - failed}/{args.configs} passed ({what}{took})")
     return 1 if failed else 0
 
 
