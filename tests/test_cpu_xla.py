@@ -38,8 +38,10 @@ def test_extra_rows_worked_cases():
     assert _cpu_xla.extra_rows(lhs, rhs, _corr(padding=((0, 0), (0, 0)))) == 3
     # VALID over 16 rows: 14 rows, 3 more would be over an eighth of them.
     assert _cpu_xla.extra_rows((8, 16, 16, 64), rhs, _corr(padding=((0, 0), (0, 0)))) == 0
-    # A 1x1 window: one more row.
-    assert _cpu_xla.extra_rows(lhs, (1, 1, 64, 64), _corr(padding=((0, 0), (0, 0)))) == 1
+    # A 1x1 window is a matmul, which YNNPACK spreads itself: not routed.
+    assert _cpu_xla.extra_rows(lhs, (1, 1, 64, 64), _corr(padding=((0, 0), (0, 0)))) == 0
+    # A 1x3 window over SAME columns: one more row.
+    assert _cpu_xla.extra_rows(lhs, (1, 3, 64, 64), _corr(padding=((0, 0), (1, 1)))) == 1
     # Already wider than the input (58 > 56 columns), or a window wider than
     # it: YNNPACK refuses the plain correlation, nothing to route.
     assert _cpu_xla.extra_rows(lhs, rhs, _corr(padding=((1, 1), (2, 2)))) == 0
@@ -78,7 +80,7 @@ ROUTED = [
     # The forward pads more than SAME: the input gradient is a VALID correlation
     # of 26 dz rows, three extra rows.
     Config(2, (24, 12), (3, 3), 20, 24, padding=((2, 2), (1, 1))),
-    Config(2, (9, 9), (1, 1), 20, 18, padding="VALID", bias=False),
+    Config(2, (9, 9), (1, 3), 20, 18, padding=((0, 0), (1, 1)), bias=False),
 ]
 
 
