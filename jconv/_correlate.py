@@ -27,6 +27,8 @@ from ._correlation import Correlation, accumulation_dtype
 MAX_TERMS = 64
 # Dense kernel gradients use taps on CPU while one forward input entry is this small.
 MAX_ENTRY_BYTES = 1 << 20
+# ... and, unstacked (at _taps.STACKED_CHANNELS input channels), at least this large.
+MIN_UNSTACKED_ENTRY_BYTES = 1 << 18
 
 
 def correlate(
@@ -93,8 +95,9 @@ def _taps_pays_on_cpu(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) ->
       fused broadcast product, as for depthwise): always;
     - kernel gradients (positions mode: the output is smaller than the window)
       of a 1x1 kernel (one matmul), of 2 to 128 input channels (an im2col
-      matmul per batch chunk) while one lhs feature entry (one image of the
-      forward input) stays cache-sized: with larger entries the chunks lose to
+      matmul per batch chunk; at 128, per-position matmuls, over images of at
+      least :data:`MIN_UNSTACKED_ENTRY_BYTES` only) while one lhs feature entry
+      (one image of the forward input) stays cache-sized: with larger entries the chunks lose to
       XLA, with wider channels XLA's matmuls are as good, and stacks that
       outgrow the operands cost more memory than XLA's; and of unit-stride
       convolutions with fewer output than input channels (``_placed.places``:
@@ -120,8 +123,15 @@ def _taps_pays_on_cpu(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) ->
     if mode == "positions":
         if _placed.places(lhs_shape, rhs_shape, corr, itemsize):
             return True
-        small = _terms.entry_bytes(lhs_shape, corr, itemsize) <= MAX_ENTRY_BYTES
-        thin = 1 < lhs_shape[corr.lhs_axes[0]] <= _taps.STACKED_CHANNELS
+        entry = _terms.entry_bytes(lhs_shape, corr, itemsize)
+        channels = lhs_shape[corr.lhs_axes[0]]
+        # At STACKED_CHANNELS the positions' matmuls go unstacked, which pays
+        # over large images only (8 images, 128 channels, 3x3, ms taps vs XLA:
+        # 28x28 21.4 vs 25.8 and NCHW 21.2 vs 35.1, 24x24 14.1 vs 17.2; 21x21
+        # 27.7 vs 21.6, 14x14 11.4 vs 6.0, 7x7 4.9 vs 2.9).
+        wide = channels == _taps.STACKED_CHANNELS and entry < MIN_UNSTACKED_ENTRY_BYTES
+        small = entry <= MAX_ENTRY_BYTES and not wide
+        thin = 1 < channels <= _taps.STACKED_CHANNELS
         # The im2col stacks of a chunk, all live at once, within one stack group
         # or twice the larger operand (XLA's own kernel gradient takes about
         # that: 12.4 MiB for 3x3@56's 6.4 MB operands); a 7x7 at 56x56 over 64

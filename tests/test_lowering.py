@@ -207,7 +207,7 @@ def _takes(config, path: str, lowering: str = "taps", dtype=jnp.float32) -> bool
     kw = dict(config.kwargs, lowering=lowering)
     z = jax.eval_shape(lambda p, x: jconv.conv_forward(p, x, **kw), params, x)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_taps, path, lambda *a: calls.append(a) or real(*a))
+        patch.setattr(_taps, path, lambda *a, **k: calls.append(a) or real(*a, **k))
         jax.make_jaxpr(lambda x, dz: jconv.conv_grad_kernel(x, dz, params["kernel"].shape, **kw))(
             x, z
         )
@@ -257,6 +257,16 @@ def test_auto_places_googlenet_kernel_gradient_only():
         dataclasses.replace(googlenet, c_in=48, c_out=16),
     ]:
         assert not _takes(other, "placed_positions", "auto")
+
+
+def test_auto_unstacked_kernel_gradients_only_over_large_images():
+    # At 128 input channels the positions' matmuls go unstacked: faster than
+    # XLA's kernel gradient over 28x28 images, twice as slow over 14x14.
+    small = Config(8, (14, 14), (3, 3), 128, 128, padding="SAME")
+    assert not _takes(small, "taps_correlate", "auto")
+    assert _takes(dataclasses.replace(small, spatial=(28, 28)), "taps_correlate", "auto")
+    stacked = dataclasses.replace(small, c_in=96, c_out=96)
+    assert _takes(stacked, "taps_correlate", "auto")
 
 
 @pytest.mark.parametrize("gradient", ["kernel", "input"])
