@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import jconv
 from jconv import _bench
 
-DEFAULT = "8x56x64x3,8x28x64x3,4x28x64x3,16x28x32x4,8x14x96x3,8x28x128x3"
+DEFAULT = "8x56x64x3,8x28x128x3,8x28x64x3,4x28x64x3,16x28x32x4,8x14x96x3,8x14x128x3"
 
 
 def _step(forward):
