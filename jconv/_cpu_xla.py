@@ -43,7 +43,7 @@ so its output is never stored; routed, the output is stored, 6.1 MiB more for
 
 Measured on the 2-core development machine (medians, same process): 3x3@56 over
 64 features, input gradient 24.2 -> 14.6 ms (``experiments/lowering_passes.py``);
-its training step 53.6 -> 45.6 ms with ``jconv bench``'s loss, and 71.4 -> 59.4
+its training step 54.4 -> 49.6 ms with ``jconv bench``'s loss, and 71.4 -> 59.4
 ms in a chained step whose backward waits for the forward, as in a network
 (``jconv bench --chained``). GoogLeNet's 5x5 (192 -> 32) chained step 65.5 ->
 57.4 ms.
