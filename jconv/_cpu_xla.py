@@ -54,7 +54,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -132,9 +131,7 @@ def cpu_xla_correlate(lhs, rhs, corr: Correlation, conv):
         out = conv(part, rhs, taller)
         return lax.slice_in_dim(out, 0, out.shape[rows_axis] - extra, axis=rows_axis)
 
-    batch_axis = corr.lhs_axes[0]
-    batch = lhs.shape[batch_axis]
-    one = jax.ShapeDtypeStruct(_terms.resized(lhs.shape, (batch_axis,), (1,)), lhs.dtype)
-    per_entry = math.prod(jax.eval_shape(rows_kept, one).shape) * lhs.dtype.itemsize
-    fits = [c for c in range(1, batch + 1) if batch % c == 0 and c * per_entry <= CHUNK_BYTES]
-    return _terms.in_batch_chunks(rows_kept, lhs, max(fits, default=1), corr)
+    outs = _terms.term_counts(lhs.shape, rhs.shape, corr)[1]  # the rows kept
+    per_entry = math.prod(outs) * rhs.shape[corr.rhs_axes[0]] * lhs.dtype.itemsize
+    chunk = _terms.divisor_within(lhs.shape[corr.lhs_axes[0]], CHUNK_BYTES // per_entry)
+    return _terms.in_batch_chunks(rows_kept, lhs, chunk, corr)
