@@ -14,8 +14,13 @@ rarely lands where some code paths apply. This draws only from one domain:
 - ``cpu_xla``: ``lowering="auto"`` on dense, channels-last, unit-stride 2-D
   convolutions of 17-40 input channels, windows 1-4, every padding form
   (including padding past the kernel), 1-5 images, half of them with one image
-  per batch chunk: the input gradients that ``_cpu_xla`` routes (the run
-  reports how many configurations took the route).
+  per batch chunk: the forwards and input gradients that ``_cpu_xla`` routes
+  (the run reports how many compiled programs took the route);
+- ``bands``: ``lowering="taps"`` on dense 1-D to 3-D convolutions of 2-6 input
+  channels, strides 1-3, dilations 1-2, every padding form, both layouts, one
+  image per batch chunk and the kernel gradient's row bands forced
+  (``_taps.BAND_STACK_BYTES`` of 1 byte, i.e. one dz row a band, or a random
+  few KiB; the run reports how many kernel gradients took bands).
 
 Each is checked with the test suite's ``check_against_lax`` (values and all
 gradients, elementwise, scaled tolerance)::
@@ -23,6 +28,7 @@ gradients, elementwise, scaled tolerance)::
     python experiments/random_checks.py --domain winograd --configs 120 --seed 11 --dtype float64
     python experiments/random_checks.py --domain regions --configs 150 --seed 21 --dtype float64
     python experiments/random_checks.py --domain cpu_xla --configs 150 --seed 31 --dtype float64
+    python experiments/random_checks.py --domain bands --configs 150 --seed 41 --dtype float64
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import Config, _compiled, check_against_lax  # noqa: E402
 
-from jconv import _cpu_xla, _regions, _winograd  # noqa: E402
+from jconv import _cpu_xla, _fold, _regions, _taps, _winograd  # noqa: E402
 from jconv.testing._config import sample_config  # noqa: E402
 
 SIZES = {1: 13, 2: 9, 3: 6}  # exclusive upper bound of a spatial size
@@ -99,9 +105,35 @@ def draw_cpu_xla(rng) -> Config:
     )
 
 
+def draw_bands(rng) -> Config:
+    nd = int(rng.integers(1, 4))
+    padding, pads = _padding(rng, nd)
+    window = tuple(int(rng.integers(1, 4)) for _ in range(nd))
+    stride, dilation = int(rng.integers(1, 4)), int(rng.integers(1, 3))
+    spatial = tuple(
+        int(rng.integers(max(1, (w - 1) * dilation + 1 - lo - hi), SIZES[nd] + 3))
+        for w, (lo, hi) in zip(window, pads, strict=True)
+    )
+    return Config(
+        int(rng.integers(1, 5)),
+        spatial,
+        window,
+        int(rng.integers(2, 7)),
+        int(rng.integers(1, 6)),
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        layout=str(rng.choice(["channels_last", "channels_first"])),
+        bias=bool(rng.integers(0, 2)),
+        lowering="taps",
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--domain", choices=["winograd", "regions", "cpu_xla"], default="winograd")
+    parser.add_argument(
+        "--domain", choices=["winograd", "regions", "cpu_xla", "bands"], default="winograd"
+    )
     parser.add_argument("--configs", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float64")
@@ -115,6 +147,14 @@ def main() -> int:
         return route(*args, **kwargs)
 
     _cpu_xla.cpu_xla_correlate = counted  # traced once per compile: counts configs
+    banded, bands = [0], _taps.row_bands
+
+    def counted_bands(*args, **kwargs):
+        out = bands(*args, **kwargs)
+        banded[0] += len(out) > 1
+        return out
+
+    _taps.row_bands = counted_bands
     chunk_bytes = _cpu_xla.CHUNK_BYTES
     if args.domain == "regions":
         _regions.REGION_BYTES = 0  # regions on inputs of any size
@@ -125,6 +165,12 @@ def main() -> int:
         elif args.domain == "cpu_xla":
             config = draw_cpu_xla(rng)
             _cpu_xla.CHUNK_BYTES = 1 if rng.integers(0, 2) else chunk_bytes  # one image a chunk
+        elif args.domain == "bands":
+            config = draw_bands(rng)
+            _taps.CHUNK_BYTES = 1  # one image a chunk
+            _fold.FOLD_TERMS = 1  # (folding replaces the chunk loop where it applies)
+            _taps.BAND_STACK_BYTES = 1 if rng.integers(0, 2) else int(rng.integers(2, 8192))
+            _taps.STACK_BYTES = max(1, _taps.BAND_STACK_BYTES // 2)
         else:
             config = draw_regions(rng)
         _compiled.cache_clear()  # compile afresh under this budget
@@ -136,6 +182,7 @@ def main() -> int:
             print("FAIL", config, str(err)[:300])
     what = f"{args.domain}, {args.dtype}, seed {args.seed}"
     took = f"; {routed[0]} compiled programs took the cpu_xla route" if routed[0] else ""
+    took += f"; {banded[0]} kernel gradients took row bands" if banded[0] else ""
     print(f"{args.configs - failed}/{args.configs} passed ({what}{took})")
     return 1 if failed else 0
 

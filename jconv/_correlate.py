@@ -29,11 +29,11 @@ MAX_TERMS = 64
 MAX_ENTRY_BYTES = 1 << 20
 # ... and, unstacked (at _taps.STACKED_CHANNELS input channels), at least this large.
 MIN_UNSTACKED_ENTRY_BYTES = 1 << 18
+# ... and while a chunk's im2col stacks take at most this, or twice the operands.
+MAX_STACK_BYTES = 1 << 22
 
 
-def correlate(
-    lhs, rhs, corr: Correlation, precision=None, lowering: str = "auto", *, forward: bool = False
-):
+def correlate(lhs, rhs, corr: Correlation, precision=None, lowering: str = "auto"):
     """Computes the correlation ``corr`` of ``lhs`` with ``rhs``.
 
     Args:
@@ -46,15 +46,14 @@ def correlate(
             elsewhere) or ``"auto"``: on CPU, taps where XLA:CPU's convolution is
             slow (:func:`_taps_pays_on_cpu`: grouped and depthwise correlations,
             most kernel gradients, thin input gradients), dense channels-last 2-D
-            input gradients as XLA's convolution with extra output rows, which
-            XLA:CPU runs on every core (``_cpu_xla.py``); XLA's convolution (cuDNN
-            on GPU) everywhere else. ``"auto"`` does not take the tiles: they beat
-            XLA:CPU's dense 3x3 convolution over 64 and 256 channels (training
-            steps 3x3@56 54.0 -> 42.9 ms, 3x3@14 43.1 -> 36.4 ms) but hold more
-            memory than autodiff's step (18.9 vs 12.4, 30.6 vs 5.3 MiB), and are
-            slower over 128 channels in NCHW (52.4 vs 45.4 ms).
-        forward: whether this is the forward pass, whose result the caller's
-            code consumes (``auto`` keeps it off the ``_cpu_xla`` route).
+            forwards and input gradients as XLA's convolution with extra
+            output rows, which XLA:CPU runs on every core (``_cpu_xla.py``);
+            XLA's convolution (cuDNN on GPU) everywhere else. ``"auto"`` does
+            not take the tiles: they beat XLA:CPU's dense 3x3 convolution over
+            64 and 256 channels (training steps 3x3@56 54.0 -> 42.9 ms, 3x3@14
+            43.1 -> 36.4 ms) but hold more memory than autodiff's step (18.9 vs
+            12.4, 30.6 vs 5.3 MiB), and are slower over 128 channels in NCHW
+            (52.4 vs 45.4 ms).
 
     Returns:
         The result, in ``lhs``'s dtype.
@@ -75,7 +74,7 @@ def correlate(
         return winograd(lhs, rhs)
     if _taps_pays_on_cpu(lhs.shape, rhs.shape, corr, lhs.dtype.itemsize):
         return lax.platform_dependent(lhs, rhs, cpu=taps, default=xla)
-    if not forward and _cpu_xla.applies(lhs, rhs, corr):
+    if _cpu_xla.applies(lhs, rhs, corr):
         every_core = functools.partial(
             _cpu_xla.cpu_xla_correlate,
             corr=corr,
@@ -138,7 +137,7 @@ def _taps_pays_on_cpu(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) ->
         # channels would hold 39 MiB where XLA needs 4.
         operands = max(math.prod(lhs_shape), math.prod(rhs_shape)) * itemsize
         stacks = _taps.stack_bytes(lhs_shape, rhs_shape, corr, itemsize)
-        fits = stacks <= max(2 * operands, _taps.STACK_BYTES)
+        fits = stacks <= max(2 * operands, MAX_STACK_BYTES)
         return math.prod(outs) == 1 or (thin and small and fits)
     return mode == "scatter"
 

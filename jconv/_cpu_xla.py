@@ -31,22 +31,30 @@ output in place (``_terms.in_batch_chunks``).
 
 Taken by ``lowering="auto"`` on CPU only (``lax.platform_dependent``), for
 channels-last, unit-stride, undilated, ungrouped 2-D correlations with windows
-larger than 1x1, of more than
-16 and at most :data:`MAX_OUT_FEATURES` output features that slide (window no
-larger than the output), except the forward pass: in practice the input
-gradients. Kernel gradients (positions: a window as large as the image) and
-channels-first operands (XLA would transpose every chunk) stay as they were.
-The forward stays YNNPACK's because YNNPACK fuses what consumes it (the bias,
-and in ``jconv bench``'s step the loss's product and sum) into its convolution,
-so its output is never stored; routed, the output is stored, 6.1 MiB more for
-3x3@56 (14.6 MiB against autodiff's 12.4).
+larger than 1x1, of more than 16 and at most :data:`MAX_OUT_FEATURES` output
+features that slide (window no larger than the output): forward passes and
+input gradients. Kernel gradients (positions: a window as large as the image)
+and channels-first operands (XLA would transpose every chunk) stay as they were.
+
+The forward's cost: YNNPACK fuses what consumes its convolution (the bias, and
+a reduction such as ``jconv bench``'s loss ``sum(z * ct)``) into it, and there
+never stores the output; routed, the output is stored. In a network it is
+stored anyway (the next layer's input, a ReLU's mask), so the route pays in
+full: three 3x3 layers over 8 images of 56x56x64, 216 -> 156 ms at 45.5 -> 43.7
+MiB (autodiff: 258 ms, 49.0 MiB); over 8 images of 28x28x64, 62 -> 43 ms. Where
+a loss reduces the output directly the step holds it in addition (3x3@56: 10.7
+MiB, autodiff's 12.4, after the kernel gradient's row bands of ``_taps.py`` cut
+its own share 8.5 -> 4.5 MiB; 2 images of 112x112x64: 18.5 against 12.4), and
+is no faster, as YNNPACK's one-thread forward overlapped the independent
+backward passes there (3x3@56: 46.6 -> 51.6 ms).
 
 Measured on the 2-core development machine (medians, same process): 3x3@56 over
 64 features, input gradient 24.2 -> 14.6 ms (``experiments/lowering_passes.py``);
 its training step 54.4 -> 49.6 ms with ``jconv bench``'s loss, and 71.4 -> 59.4
 ms in a chained step whose backward waits for the forward, as in a network
-(``jconv bench --chained``). GoogLeNet's 5x5 (192 -> 32) chained step 65.5 ->
-57.4 ms.
+(``jconv bench --chained``). GoogLeNet's 5x5 (192 -> 32), input gradient and
+forward routed: chained step 58.3 -> 45.8 ms, ``jconv bench``'s step 44.2 ->
+42.0 ms, memory unchanged (5.4 and 6.1 MiB).
 """
 
 from __future__ import annotations

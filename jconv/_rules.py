@@ -61,7 +61,7 @@ def forward(x, kernel, geom: ConvGeometry):
         rhs_dilation=spec.dilation,
         feature_group_count=spec.groups,
     )
-    return correlate(x, kernel, corr, spec.precision, spec.lowering, forward=True)
+    return correlate(x, kernel, corr, spec.precision, spec.lowering)
 
 
 def grad_kernel(x, dz, geom: ConvGeometry):

@@ -13,7 +13,8 @@ the padded, dilated lhs) is computed in one of three modes (:func:`choose_mode`)
   ``k ws`` on: one contraction per output position, the cheap way when the
   *output* is small (the kernel gradient, whose output is the kernel). The
   positions' slices are stacked side by side into one matmul (im2col) when each
-  would be thin, and the contraction runs over cache-sized chunks of the batch.
+  would be thin, and the contraction runs over cache-sized chunks of the batch
+  (and over bands of rows, :func:`row_bands`, where a chunk's stacks are large).
   Two variants: where the terms only reduce (depthwise) they are **folded**
   (``_fold.py``: slabs of the batch summed in one fused loop for all positions,
   then one reduction), and where the rhs is the thinner operand it is
@@ -51,6 +52,7 @@ from ._terms import (
     pad,
     padded_shape,
     positions_last,
+    resized,
     tap_starts,
     term,
     term_counts,
@@ -216,25 +218,80 @@ def stack_bytes(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) -> int:
 
 
 def _chunked_sum(lhs, rhs, corr: Correlation, precision, by, window, outs, chunk):
-    """``sum`` over chunks of the contracted lhs feature / rhs in-feature axes."""
+    """``sum`` over chunks of the contracted lhs feature / rhs in-feature axes
+    (and over :func:`row_bands`, one loop over the chunks per band)."""
     lf, ri = corr.lhs_axes[1], corr.rhs_axes[1]
-
-    def chunk_sum(start):
-        lhs_part = dynamic_slice_bits(lhs, start, chunk, lf)
-        rhs_part = dynamic_slice_bits(rhs, start, chunk, ri)
-        return _sum_of_terms(lhs_part, rhs_part, corr, precision, by, window, outs)
-
     count = lhs.shape[lf] // chunk
-    # Every chunk inside the loop, the first one included: a first chunk summed
-    # before the loop (as the accumulator's start) depends on the forward input
-    # alone, so XLA:CPU's concurrency-minded scheduler built its im2col stacks
-    # during the forward pass and held them through the backward, one set per
-    # layer of a network (three 3x3 layers over 8 images of 56x56x64: 59.8 MiB
-    # against autodiff's 49.0, now 45.5; 30.2 against 15.3, now 19.6, for four
-    # over 16 of 28x28x32).
-    part = jax.eval_shape(chunk_sum, 0)
-    zeros = jnp.zeros(part.shape, part.dtype)
-    return lax.fori_loop(0, count, lambda i, acc: acc + chunk_sum(i * chunk), zeros)
+    total = None
+    for band in row_bands(lhs.shape, rhs.shape, corr, by, chunk, lhs.dtype.itemsize):
+
+        def chunk_sum(start, band=band):
+            lhs_part = dynamic_slice_bits(lhs, start, chunk, lf)
+            rhs_part = dynamic_slice_bits(rhs, start, chunk, ri)
+            if band is None:
+                return _sum_of_terms(lhs_part, rhs_part, corr, precision, by, window, outs)
+            (a, b), (i0, i1), banded = band
+            lhs_part = lax.slice_in_dim(lhs_part, a, b, axis=corr.lhs_axes[2])
+            rhs_part = lax.slice_in_dim(rhs_part, i0, i1, axis=corr.rhs_axes[2])
+            rows = (i1 - i0, *window[1:])
+            return _sum_of_terms(lhs_part, rhs_part, banded, precision, by, rows, outs)
+
+        # Every chunk inside the loop, the first one included: a first chunk
+        # summed before the loop (as the accumulator's start) depends on the
+        # forward input alone, so XLA:CPU's concurrency-minded scheduler built
+        # its im2col stacks during the forward pass and held them through the
+        # backward, one set per layer of a network (three 3x3 layers over 8
+        # images of 56x56x64: 59.8 MiB against autodiff's 49.0, now 45.5; 30.2
+        # against 15.3, now 19.6, for four over 16 of 28x28x32).
+        part = jax.eval_shape(chunk_sum, 0)
+        zeros = jnp.zeros(part.shape, part.dtype)
+        band_sum = lax.fori_loop(0, count, lambda i, acc: acc + chunk_sum(i * chunk), zeros)
+        total = band_sum if total is None else total + band_sum
+    return total
+
+
+# Positions mode splits a chunk's window rows into bands while its im2col
+# stacks would exceed this many bytes.
+BAND_STACK_BYTES = 1 << 22
+
+
+def row_bands(lhs_shape, rhs_shape, corr: Correlation, by, chunk, itemsize):
+    """The bands of window rows (the rhs's first spatial dim) positions mode sums
+    one after another, each over every batch chunk; ``[None]``: one band, all rows.
+
+    Each band is ``((a, b), (i0, i1), banded)``: lhs rows ``a:b`` and rhs rows
+    ``i0:i1``, correlated as ``banded`` (``corr`` with the band's padding). Output
+    ``k`` of the band sums ``lhs~[k ws + i rd] rhs[i]`` over ``i0 <= i < i1``
+    (``lhs~`` padded by ``(lo, hi)``, ``ws`` the window stride, ``rd`` the rhs
+    dilation), which reads padded rows ``p0 = i0 rd`` to ``p1 = (outs - 1) ws +
+    (i1 - 1) rd + 1``: lhs rows ``a = max(0, p0 - lo)`` to ``b = min(n, p1 -
+    lo)``, padded by ``lo' = max(0, lo - p0)`` and ``hi' = max(0, p1 - lo - n)``.
+    Worked case: the kernel gradient of a SAME 3x3 over 56 rows (``lo = hi = 1``,
+    ``ws = rd = 1``, 3 outputs) in two bands of 28: the first reads padded rows
+    0 to 30, lhs rows 0:29 padded ``(1, 0)``; the second padded rows 28 to 58,
+    lhs rows 27:56 padded ``(0, 1)``.
+    """
+    window, outs = term_counts(lhs_shape, rhs_shape, corr)
+    part = resized(lhs_shape, (corr.lhs_axes[1],), (chunk,))
+    stacked = _stacks(jax.ShapeDtypeStruct(part, jnp.float32), corr, math.prod(outs))
+    if by != "positions" or corr.lhs_dilation[0] != 1 or not stacked:
+        return [None]
+    stacks = stack_bytes(part, resized(rhs_shape, (corr.rhs_axes[1],), (chunk,)), corr, itemsize)
+    if stacks <= BAND_STACK_BYTES:
+        return [None]
+    rows = divisor_within(window[0], window[0] * BAND_STACK_BYTES // stacks)
+    if rows == window[0]:
+        return [None]
+    n, (lo, _hi) = lhs_shape[corr.lhs_axes[2]], corr.padding[0]
+    ws, rd = corr.window_strides[0], corr.rhs_dilation[0]
+    bands = []
+    for i0 in range(0, window[0], rows):
+        p0, p1 = i0 * rd, (outs[0] - 1) * ws + (i0 + rows - 1) * rd + 1
+        padding = ((max(0, lo - p0), max(0, p1 - lo - n)), *corr.padding[1:])
+        lhs_rows = (max(0, p0 - lo), min(n, p1 - lo))
+        if lhs_rows[0] < lhs_rows[1]:  # (a band that reads only padding adds nothing)
+            bands.append((lhs_rows, (i0, i0 + rows), dataclasses.replace(corr, padding=padding)))
+    return bands or [None]
 
 
 def _sum_of_terms(lhs, rhs, corr: Correlation, precision, by, window, outs):
@@ -282,7 +339,8 @@ def _stacked(xp, rhs, corr: Correlation, precision, acc, window, starts):
     kernel gradient's batch is ``x``'s channels and its feature ``x``'s batch,
     so each channel becomes a plane of contiguous rows. The pieces (one per
     output position) are stacked on that leading axis, in groups of at most
-    :data:`STACK_BYTES`; each group is then a row-major ``(M, K)`` matmul
+    :data:`STACK_BYTES` (as few as fit, of even sizes: 9 positions over 2
+    groups are 5 and 4); each group is then a row-major ``(M, K)`` matmul
     operand, and ``dz`` (its batch and positions leading) a row-major ``(K, N)``
     one, so XLA:CPU transposes neither. Stacked channels-last instead, the
     stack or ``dz`` was transposed for every group: the stem's kernel gradient
@@ -298,7 +356,8 @@ def _stacked(xp, rhs, corr: Correlation, precision, acc, window, starts):
     ob = corr.out_axes[0]
     axis = sorted(corr.out_axes[:2]).index(ob)
     size = pieces[0].size * pieces[0].dtype.itemsize
-    per_group = max(1, STACK_BYTES // size)
+    groups = -(-len(pieces) * size // STACK_BYTES)  # as few as fit, of even sizes
+    per_group = -(-len(pieces) // groups)
     parts = []
     for first in range(0, len(pieces), per_group):
         group = pieces[first : first + per_group]
@@ -307,8 +366,12 @@ def _stacked(xp, rhs, corr: Correlation, precision, acc, window, starts):
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
 
 
-# Positions mode stacks pieces for one matmul up to this many bytes at a time.
-STACK_BYTES = 1 << 22
+# Positions mode stacks pieces for one matmul up to this many bytes at a time:
+# half a band (see row_bands). A whole band's pieces in one group, XLA:CPU
+# copied each piece out and then concatenated them, instead of one fused loop
+# (3x3@56's kernel gradient in 2 MiB bands: 25 ms in one group a band, 21.0 in
+# two; without bands, 19.2).
+STACK_BYTES = BAND_STACK_BYTES // 2
 
 
 def _stacks(xp, corr: Correlation, positions: int) -> bool:

@@ -10,7 +10,7 @@ import pytest
 from helpers import Config
 
 import jconv
-from jconv import _cpu_xla
+from jconv import _bench, _cpu_xla
 from jconv._correlation import Correlation
 
 NHWC = (0, 3, 1, 2)  # (batch, feature, *spatial) of a channels-last array
@@ -123,17 +123,45 @@ def test_routed_float64(x64):
     helpers.check_against_lax(config, jnp.float64)
 
 
-def test_route_is_cpu_only_and_leaves_the_forward_alone():
-    config = ROUTED[0]
-    for platform in ("cuda", "tpu"):
-        text = _dx_lowered(config, platform=platform).as_text()
-        assert "pad = [[1, 1], [1, 1]]" in text, platform
-        assert "pad = [[1, 2], [1, 1]]" not in text, platform
-    assert "pad = [[1, 2], [1, 1]]" in _dx_lowered(config).as_text()
-    assert "pad = [[1, 2], [1, 1]]" not in _dx_lowered(config, "xla").as_text()
+def _fwd_lowered(config, platform="cpu"):
     params, x, _ = config.arrays()
     fwd = jax.jit(lambda p, x: jconv.conv_forward(p, x, **config.kwargs))
-    assert "pad = [[1, 2], [1, 1]]" not in fwd.lower(params, x).as_text()
+    return fwd.trace(params, x).lower(lowering_platforms=(platform,))
+
+
+def test_route_is_cpu_only():
+    config = ROUTED[0]
+    for platform in ("cuda", "tpu"):
+        for lowered in (_dx_lowered(config, platform=platform), _fwd_lowered(config, platform)):
+            text = lowered.as_text()
+            assert "pad = [[1, 1], [1, 1]]" in text, platform
+            assert "pad = [[1, 2], [1, 1]]" not in text, platform
+    assert "pad = [[1, 2], [1, 1]]" in _dx_lowered(config).as_text()
+    assert "pad = [[1, 2], [1, 1]]" not in _dx_lowered(config, "xla").as_text()
+
+
+def test_route_takes_forwards():
+    config = ROUTED[0]
+    assert "pad = [[1, 2], [1, 1]]" in _fwd_lowered(config).as_text()
+    params, x, _ = config.arrays()
+    z = jax.jit(lambda p, x: jconv.conv_forward(p, x, **config.kwargs))(params, x)
+    want = jax.jit(lambda p, x: jconv.conv_forward(p, x, **config.kwargs, lowering="xla"))
+    helpers.assert_close(z, want(params, x))
+
+
+def test_routed_forward_step_needs_no_more_memory_than_autodiff():
+    # Routed, the forward's output is stored even where the loss reduces it
+    # (YNNPACK fuses that reduction); the kernel gradient's row bands (_taps.py)
+    # make room for it: 3x3@56's step 8.5 -> 14.7 MiB without them, autodiff's
+    # 12.4, 10.7 with them.
+    shape = _bench.SUITE[0]
+    params, x, ct = shape.config.arrays()
+
+    def temp(forward):
+        return _bench._compile(_bench._grad_fn(forward, shape), params, x, ct)[2]
+
+    assert shape.name == "resnet50-3x3-56"
+    assert temp(jconv.conv_forward) <= temp(jconv.autodiff.conv_forward)
 
 
 def test_route_leaves_ynnpack():

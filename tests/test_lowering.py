@@ -14,6 +14,7 @@ from test_equivalence import GRID
 
 import jconv
 from jconv import _bench, _correlate, _fold, _placed, _regions, _scatter, _taps
+from jconv._correlation import Correlation
 
 
 def _hlo(platform, groups, window, lowering="auto"):
@@ -131,6 +132,81 @@ def _check_chunked(config, dtype, gradient):
         jaxpr = str(jaxpr(z, kernel))
     assert "while" in jaxpr or "scan" in jaxpr  # the chunk loop is really there
     helpers.check_against_lax(config, dtype)
+    helpers._compiled.cache_clear()
+
+
+def _dk_correlation(padding, stride=(1, 1), dilation=(1, 1)):
+    """The kernel gradient's correlation of an NHWC forward (as ``_rules.grad_kernel``)."""
+    return Correlation(
+        lhs_axes=(3, 0, 1, 2),
+        rhs_axes=(3, 0, 1, 2),
+        out_axes=(2, 3, 0, 1),
+        window_strides=dilation,
+        padding=padding,
+        lhs_dilation=(1, 1),
+        rhs_dilation=stride,
+    )
+
+
+def test_row_bands_worked_cases():
+    # 3x3@56 SAME over 64 channels, one image a chunk: 7.2 MB of stacks, two
+    # bands of 28 dz rows (the docstring's case).
+    x = (8, 56, 56, 64)
+    bands = _taps.row_bands(x, x, _dk_correlation(((1, 1), (1, 1))), "positions", 1, 4)
+    got = [(lhs_rows, rhs_rows, banded.padding[0]) for lhs_rows, rhs_rows, banded in bands]
+    assert got == [((0, 29), (0, 28), (1, 0)), ((27, 56), (28, 56), (0, 1))]
+    # The stem's (7x7, stride 2, padding 3 and 2: 112 dz rows): padded rows 0 to
+    # 117 and 112 to 229 of 224 + 3 + 2.
+    x, dz = (8, 224, 224, 3), (8, 112, 112, 64)
+    corr = _dk_correlation(((3, 2), (3, 2)), stride=(2, 2))
+    bands = _taps.row_bands(x, dz, corr, "positions", 1, 4)
+    got = [(lhs_rows, rhs_rows, banded.padding[0]) for lhs_rows, rhs_rows, banded in bands]
+    assert got == [((0, 114), (0, 56), (3, 0)), ((109, 224), (56, 112), (0, 2))]
+    # Stacks within the budget, other modes: one band.
+    small = (8, 28, 28, 64)
+    assert _taps.row_bands(small, small, _dk_correlation(((1, 1), (1, 1))), "positions", 1, 4) == [
+        None
+    ]
+    assert _taps.row_bands(x, dz, corr, "placed", 1, 4) == [None]
+
+
+# Kernel gradients whose im2col stacks outgrow BAND_STACK_BYTES are summed over
+# bands of dz rows, each with its own padding: strides, dilation, asymmetric
+# and more-than-SAME padding, both layouts, 1-D and 3-D.
+BANDED = [
+    Config(2, (9, 7), (3, 3), 4, 5, padding="SAME"),
+    Config(2, (10, 6), (3, 2), 3, 4, stride=2, padding=((2, 1), (0, 1))),
+    Config(3, (11, 5), (2, 3), 3, 3, dilation=(2, 1)),
+    Config(2, (8, 6), (3, 3), 4, 4, padding=((0, 3), (1, 1)), layout="channels_first"),
+    Config(2, (12,), (3,), 4, 6, stride=3, padding=2),
+    Config(2, (6, 5, 4), (3, 2, 2), 3, 3, padding="SAME"),
+    Config(2, (8,), (3,), 3, 2, padding=((0, 4),)),  # the last dz rows read only padding
+]
+
+
+@pytest.mark.parametrize(
+    "config, rows", [(c, "one") for c in BANDED] + [(c, "few") for c in BANDED[:2]], ids=str
+)
+def test_banded_kernel_gradient_matches_lax(config, rows, monkeypatch):
+    config = dataclasses.replace(config, lowering="taps")
+    per_image = math.prod(config.x_shape[1:]) * 4
+    monkeypatch.setattr(_taps, "CHUNK_BYTES", per_image)  # one image a chunk
+    monkeypatch.setattr(_fold, "FOLD_TERMS", 1)  # (folding replaces the loop where it applies)
+    params, x, _ = config.arrays()
+    z = jconv.conv_forward(params, x, **config.kwargs)
+    spatial = z.shape[1:-1] if config.layout == "channels_last" else z.shape[2:]
+    stacks = math.prod(config.window) * config.c_in * math.prod(spatial) * 4  # of one image
+    budget = 1 if rows == "one" else stacks // 2  # bands of one dz row, or of about half
+    monkeypatch.setattr(_taps, "BAND_STACK_BYTES", budget)
+    monkeypatch.setattr(_taps, "STACK_BYTES", max(1, budget // 2))
+    kernel_shape = params["kernel"].shape
+    dk = jax.make_jaxpr(
+        lambda x, dz: jconv.conv_grad_kernel(x, dz, kernel_shape, lowering="taps", **config.kwargs)
+    )
+    jaxpr = str(dk(x, z))
+    assert jaxpr.count("scan[") + jaxpr.count("while[") >= 2  # a chunk loop per band
+    helpers._compiled.cache_clear()
+    helpers.check_against_lax(config, jnp.float32)
     helpers._compiled.cache_clear()
 
 
