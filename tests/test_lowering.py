@@ -527,6 +527,20 @@ def test_kernel_gradient_stacks_stay_chunk_sized():
     assert dk.lower(x, dz).compile().memory_analysis().temp_size_in_bytes <= 4 << 20
 
 
+def test_kernel_gradient_stacks_go_in_two_groups_at_least(monkeypatch):
+    # One image of 28x28x64 a chunk: its nine positions' stack (1.8 MB) fits one
+    # group, but one matmul over all nine was slower than two (8.2 vs 5.4 ms).
+    x = jnp.ones((2, 28, 28, 64))
+
+    def matmuls():  # (a fresh function: traced under the current MIN_GROUPS)
+        dk = jax.jit(lambda x, dz: jconv.conv_grad_kernel(x, dz, (3, 3, 64, 64), padding="SAME"))
+        return dk.lower(x, x).as_text().count("stablehlo.dot_general")
+
+    assert matmuls() == 2
+    monkeypatch.setattr(_taps, "MIN_GROUPS", 1)
+    assert matmuls() == 1
+
+
 def test_taps_sum_keeps_float8_extremes_finite():
     # The reduce_precision that keeps a taps sum whole is the identity only for
     # IEEE-like dtypes; on float8_e4m3fn it turned 448 (its largest) into NaN.
