@@ -131,10 +131,10 @@ def _taps_pays_on_cpu(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) ->
         wide = channels == _taps.STACKED_CHANNELS and entry < MIN_UNSTACKED_ENTRY_BYTES
         small = entry <= MAX_ENTRY_BYTES and not wide
         thin = 1 < channels <= _taps.STACKED_CHANNELS
-        # The im2col stacks of a chunk, all live at once, within one stack group
-        # or twice the larger operand (XLA's own kernel gradient takes about
-        # that: 12.4 MiB for 3x3@56's 6.4 MB operands); a 7x7 at 56x56 over 64
-        # channels would hold 39 MiB where XLA needs 4.
+        # The im2col stacks of a chunk (before any row bands) within
+        # MAX_STACK_BYTES or twice the larger operand (XLA's own kernel gradient
+        # takes about that: 12.4 MiB for 3x3@56's 6.4 MB operands); a 7x7 at
+        # 56x56 over 64 channels would hold 39 MiB where XLA needs 4.
         operands = max(math.prod(lhs_shape), math.prod(rhs_shape)) * itemsize
         stacks = _taps.stack_bytes(lhs_shape, rhs_shape, corr, itemsize)
         fits = stacks <= max(2 * operands, MAX_STACK_BYTES)

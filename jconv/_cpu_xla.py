@@ -40,8 +40,9 @@ The forward's cost: YNNPACK fuses what consumes its convolution (the bias, and
 a reduction such as ``jconv bench``'s loss ``sum(z * ct)``) into it, and there
 never stores the output; routed, the output is stored. In a network it is
 stored anyway (the next layer's input, a ReLU's mask), so the route pays in
-full: three 3x3 layers over 8 images of 56x56x64, 216 -> 156 ms at 45.5 -> 43.7
-MiB (autodiff: 258 ms, 49.0 MiB); over 8 images of 28x28x64, 62 -> 43 ms. Where
+full (same-process A/B): three 3x3 layers over 8 images of 56x56x64, 184 -> 148
+ms at 45.5 MiB either way (autodiff: 244 ms, 49.0 MiB); over 8 images of
+28x28x64, 62 -> 46 ms. Where
 a loss reduces the output directly the step holds it in addition (3x3@56: 10.7
 MiB, autodiff's 12.4, after the kernel gradient's row bands of ``_taps.py`` cut
 its own share 8.5 -> 4.5 MiB; 2 images of 112x112x64: 18.5 against 12.4), and
@@ -52,9 +53,10 @@ Measured on the 2-core development machine (medians, same process): 3x3@56 over
 64 features, input gradient 24.2 -> 14.6 ms (``experiments/lowering_passes.py``);
 its training step 54.4 -> 49.6 ms with ``jconv bench``'s loss, and 71.4 -> 59.4
 ms in a chained step whose backward waits for the forward, as in a network
-(``jconv bench --chained``). GoogLeNet's 5x5 (192 -> 32), input gradient and
-forward routed: chained step 58.3 -> 45.8 ms, ``jconv bench``'s step 44.2 ->
-42.0 ms, memory unchanged (5.4 and 6.1 MiB).
+(``jconv bench --chained``). GoogLeNet's 5x5 (192 -> 32), with its forward
+routed too (same-process A/B against the input gradient alone): chained step
+58.3 -> 45.8 ms, ``jconv bench``'s step 44.2 -> 42.0 ms, memory unchanged (5.4
+and 6.1 MiB).
 """
 
 from __future__ import annotations
@@ -118,7 +120,14 @@ def _eligible(lhs_shape, rhs_shape, corr: Correlation) -> bool:
 
 
 def applies(lhs, rhs, corr: Correlation) -> bool:
-    """Whether ``lowering="auto"`` computes ``corr`` by this route on CPU."""
+    """Whether ``lowering="auto"`` computes ``corr`` by this route on CPU.
+
+    Not with symbolic dims (``jax.export`` with a symbolic batch): the chunks
+    need a known batch, and ``lax.platform_dependent`` traces the CPU branch
+    whatever the platform exported for.
+    """
+    if not all(isinstance(d, int) for d in (*lhs.shape, *rhs.shape)):
+        return False
     return jnp.dtype(lhs.dtype) in _DTYPES and extra_rows(lhs.shape, rhs.shape, corr) > 0
 
 

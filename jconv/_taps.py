@@ -259,6 +259,12 @@ def row_bands(lhs_shape, rhs_shape, corr: Correlation, by, chunk, itemsize):
     """The bands of window rows (the rhs's first spatial dim) positions mode sums
     one after another, each over every batch chunk; ``[None]``: one band, all rows.
 
+    As few bands as bring a chunk's im2col stacks within
+    :data:`BAND_STACK_BYTES`, of equal rows but a shorter last one (53 rows in
+    two bands: 27 and 26). Only chunked sums are banded (``_chunked_sum``); an
+    unchunked lhs is within :data:`CHUNK_BYTES`, or ``auto`` leaves its
+    kernel gradient to XLA by ``_correlate.MAX_STACK_BYTES``.
+
     Each band is ``((a, b), (i0, i1), banded)``: lhs rows ``a:b`` and rhs rows
     ``i0:i1``, correlated as ``banded`` (``corr`` with the band's padding). Output
     ``k`` of the band sums ``lhs~[k ws + i rd] rhs[i]`` over ``i0 <= i < i1``
@@ -271,26 +277,27 @@ def row_bands(lhs_shape, rhs_shape, corr: Correlation, by, chunk, itemsize):
     0 to 30, lhs rows 0:29 padded ``(1, 0)``; the second padded rows 28 to 58,
     lhs rows 27:56 padded ``(0, 1)``.
     """
+    if by != "positions" or corr.lhs_dilation[0] != 1:
+        return [None]
     window, outs = term_counts(lhs_shape, rhs_shape, corr)
+    if not _stacks(lhs_shape[corr.lhs_axes[0]], corr, math.prod(outs)):
+        return [None]
     part = resized(lhs_shape, (corr.lhs_axes[1],), (chunk,))
-    stacked = _stacks(jax.ShapeDtypeStruct(part, jnp.float32), corr, math.prod(outs))
-    if by != "positions" or corr.lhs_dilation[0] != 1 or not stacked:
-        return [None]
     stacks = stack_bytes(part, resized(rhs_shape, (corr.rhs_axes[1],), (chunk,)), corr, itemsize)
-    if stacks <= BAND_STACK_BYTES:
+    count = min(window[0], -(-stacks // BAND_STACK_BYTES))
+    if count == 1:
         return [None]
-    rows = divisor_within(window[0], window[0] * BAND_STACK_BYTES // stacks)
-    if rows == window[0]:
-        return [None]
+    rows = -(-window[0] // count)  # the last band may be shorter
     n, (lo, _hi) = lhs_shape[corr.lhs_axes[2]], corr.padding[0]
     ws, rd = corr.window_strides[0], corr.rhs_dilation[0]
     bands = []
     for i0 in range(0, window[0], rows):
-        p0, p1 = i0 * rd, (outs[0] - 1) * ws + (i0 + rows - 1) * rd + 1
+        i1 = min(i0 + rows, window[0])
+        p0, p1 = i0 * rd, (outs[0] - 1) * ws + (i1 - 1) * rd + 1
         padding = ((max(0, lo - p0), max(0, p1 - lo - n)), *corr.padding[1:])
         lhs_rows = (max(0, p0 - lo), min(n, p1 - lo))
         if lhs_rows[0] < lhs_rows[1]:  # (a band that reads only padding adds nothing)
-            bands.append((lhs_rows, (i0, i0 + rows), dataclasses.replace(corr, padding=padding)))
+            bands.append((lhs_rows, (i0, i1), dataclasses.replace(corr, padding=padding)))
     return bands or [None]
 
 
@@ -323,7 +330,7 @@ def _sum_of_terms(lhs, rhs, corr: Correlation, precision, by, window, outs):
     positions = itertools.product(*(range(o) for o in outs))
     starts = [[p * s for p, s in zip(pos, corr.window_strides, strict=True)] for pos in positions]
     summed = tuple(range(len(window)))
-    if _stacks(xp, corr, len(starts)):
+    if _stacks(xp.shape[corr.lhs_axes[0]], corr, len(starts)):
         stacked = _stacked(xp, rhs, corr, precision, acc, window, starts)
     else:
         pieces = (window_slice(xp, lhs_sp, at, window, corr.rhs_dilation) for at in starts)
@@ -356,12 +363,12 @@ def _stacked(xp, rhs, corr: Correlation, precision, acc, window, starts):
     ob = corr.out_axes[0]
     axis = sorted(corr.out_axes[:2]).index(ob)
     size = pieces[0].size * pieces[0].dtype.itemsize
-    fit = -(-len(pieces) * size // STACK_BYTES)  # as few groups as fit, of even sizes
-    groups = min(len(pieces), max(fit, MIN_GROUPS))
-    per_group = -(-len(pieces) // groups)
-    parts = []
-    for first in range(0, len(pieces), per_group):
-        group = pieces[first : first + per_group]
+    per_group = max(1, STACK_BYTES // size)  # at most, ...
+    groups = min(len(pieces), max(-(-len(pieces) // per_group), MIN_GROUPS))
+    parts, first = [], 0
+    for g in range(groups):  # ... as even as they go: 9 over 2 groups are 5 and 4
+        group = pieces[first : first + len(pieces) // groups + (g < len(pieces) % groups)]
+        first += len(group)
         part = term(jnp.concatenate(group, axis=0), rhs, corr, summed, precision, acc)
         parts.append(positions_last(part, axis, len(group)))
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
@@ -379,7 +386,7 @@ STACK_BYTES = BAND_STACK_BYTES // 2
 MIN_GROUPS = 2
 
 
-def _stacks(xp, corr: Correlation, positions: int) -> bool:
+def _stacks(channels: int, corr: Correlation, positions: int) -> bool:
     """Whether positions mode computes one im2col matmul rather than one per position.
 
     Stacking pays when each position's matmul is thin, i.e. few lhs batch entries
@@ -391,7 +398,6 @@ def _stacks(xp, corr: Correlation, positions: int) -> bool:
     at 3.5 instead of 1.0 MiB. Dense correlations only: the stack would cut
     across the groups.
     """
-    channels = xp.shape[corr.lhs_axes[0]]
     return dense(corr) and positions > 1 and 1 < channels < STACKED_CHANNELS
 
 

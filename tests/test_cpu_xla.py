@@ -149,6 +149,20 @@ def test_route_takes_forwards():
     helpers.assert_close(z, want(params, x))
 
 
+@pytest.mark.parametrize("platform", ["cpu", "cuda"])
+def test_symbolic_batch_exports_without_the_route(platform):
+    # The route's chunks need a known batch; platform_dependent traces the CPU
+    # branch for every platform, so a symbolic batch must keep it off.
+    config = ROUTED[0]
+    params, x, _ = config.arrays()
+    (batch,) = jax.export.symbolic_shape("b")
+    x_spec = jax.ShapeDtypeStruct((batch, *x.shape[1:]), x.dtype)
+    fwd = jax.jit(lambda p, x: jconv.conv_forward(p, x, **config.kwargs))
+    exported = jax.export.export(fwd, platforms=(platform,))(params, x_spec)
+    if platform == "cpu":
+        helpers.assert_close(exported.call(params, x), fwd(params, x))
+
+
 def test_routed_forward_step_needs_no_more_memory_than_autodiff():
     # Routed, the forward's output is stored even where the loss reduces it
     # (YNNPACK fuses that reduction); the kernel gradient's row bands (_taps.py)

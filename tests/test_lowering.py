@@ -162,6 +162,11 @@ def test_row_bands_worked_cases():
     bands = _taps.row_bands(x, dz, corr, "positions", 1, 4)
     got = [(lhs_rows, rhs_rows, banded.padding[0]) for lhs_rows, rhs_rows, banded in bands]
     assert got == [((0, 114), (0, 56), (3, 0)), ((109, 224), (56, 112), (0, 2))]
+    # 53 dz rows (a prime): two bands, of 27 and 26 rows, not 53 of one.
+    x = (8, 53, 53, 64)
+    bands = _taps.row_bands(x, x, _dk_correlation(((1, 1), (1, 1))), "positions", 1, 4)
+    got = [(lhs_rows, rhs_rows, banded.padding[0]) for lhs_rows, rhs_rows, banded in bands]
+    assert got == [((0, 28), (0, 27), (1, 0)), ((26, 53), (27, 53), (0, 1))]
     # Stacks within the budget, other modes: one band.
     small = (8, 28, 28, 64)
     assert _taps.row_bands(small, small, _dk_correlation(((1, 1), (1, 1))), "positions", 1, 4) == [
