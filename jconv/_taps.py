@@ -346,10 +346,10 @@ def _stacked(xp, rhs, corr: Correlation, precision, acc, window, starts):
     kernel gradient's batch is ``x``'s channels and its feature ``x``'s batch,
     so each channel becomes a plane of contiguous rows. The pieces (one per
     output position) are stacked on that leading axis, in groups of at most
-    :data:`STACK_BYTES`, at least :data:`MIN_GROUPS` of them, of even sizes
-    (9 positions over 2 groups are 5 and 4); each group is then a row-major ``(M, K)`` matmul
-    operand, and ``dz`` (its batch and positions leading) a row-major ``(K, N)``
-    one, so XLA:CPU transposes neither. Stacked channels-last instead, the
+    :data:`STACK_BYTES`, at least :data:`MIN_GROUPS` of them, of even sizes (9
+    positions over 2 groups are 5 and 4); each group is then a row-major ``(M,
+    K)`` matmul operand, and ``dz`` (its batch and positions leading) a
+    row-major ``(K, N)`` one, so XLA:CPU transposes neither. Stacked channels-last instead, the
     stack or ``dz`` was transposed for every group: the stem's kernel gradient
     (3 channels, 49 positions) took 67-74 ms that way and takes 22-25 ms
     planar; 3x3@56 (64 channels) 23 -> 21 ms and 11.5 -> 8.5 MiB. The
