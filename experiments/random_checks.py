@@ -61,7 +61,7 @@ def draw_regions(rng) -> Config:
 def draw_winograd(rng) -> Config:
     nd = int(rng.integers(1, 4))
     padding, pads = _padding(rng, nd)
-    spatial = tuple(int(rng.integers(max(1, 3 - lo - hi), SIZES[nd])) for lo, hi in pads)
+    spatial = _sizes(rng, (3,) * nd, pads, SIZES[nd])
     return Config(
         int(rng.integers(1, 6)),
         spatial,
@@ -72,6 +72,15 @@ def draw_winograd(rng) -> Config:
         layout=str(rng.choice(["channels_last", "channels_first"])),
         bias=bool(rng.integers(0, 2)),
         lowering="winograd",
+    )
+
+
+def _sizes(rng, window, pads, end, dilation=1):
+    """Spatial sizes below ``end``, each at least what its dilated window needs
+    beside its ``(lo, hi)`` padding (and at least 1)."""
+    return tuple(
+        int(rng.integers(max(1, (w - 1) * dilation + 1 - lo - hi), end))
+        for w, (lo, hi) in zip(window, pads, strict=True)
     )
 
 
@@ -90,9 +99,7 @@ def _padding(rng, nd):
 def draw_cpu_xla(rng) -> Config:
     padding, pads = _padding(rng, 2)
     window = tuple(int(rng.integers(1, 5)) for _ in range(2))
-    spatial = tuple(
-        int(rng.integers(max(1, w - lo - hi), 13)) for w, (lo, hi) in zip(window, pads, strict=True)
-    )
+    spatial = _sizes(rng, window, pads, 13)
     return Config(
         int(rng.integers(1, 6)),
         spatial,
@@ -110,10 +117,7 @@ def draw_bands(rng) -> Config:
     padding, pads = _padding(rng, nd)
     window = tuple(int(rng.integers(1, 4)) for _ in range(nd))
     stride, dilation = int(rng.integers(1, 4)), int(rng.integers(1, 3))
-    spatial = tuple(
-        int(rng.integers(max(1, (w - 1) * dilation + 1 - lo - hi), SIZES[nd] + 3))
-        for w, (lo, hi) in zip(window, pads, strict=True)
-    )
+    spatial = _sizes(rng, window, pads, SIZES[nd] + 3, dilation)
     return Config(
         int(rng.integers(1, 5)),
         spatial,

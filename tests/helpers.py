@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jconv
+from jconv import _bench
 from jconv.testing import ConvConfig
 
 # Relative tolerances (scaled by the largest magnitude of the expected array).
@@ -103,3 +104,11 @@ def check_against_lax(config, dtype):
             f"{name} for {config}: worst entry {worst}: {a[worst]} vs {b[worst]}, "
             f"error {err[worst]:.3g} > {tol:g} x sum|terms| {bound[worst]:.3g}"
         )
+
+
+def bench_step_temp_bytes(shape) -> tuple[int, int]:
+    """Compiled temporary bytes of ``jconv bench``'s step (``_bench._grad_fn``) of
+    ``shape``: jconv's and autodiff's."""
+    params, x, ct = shape.config.arrays()
+    forwards = (jconv.conv_forward, jconv.autodiff.conv_forward)
+    return tuple(_bench._compile(_bench._grad_fn(f, shape), params, x, ct)[2] for f in forwards)

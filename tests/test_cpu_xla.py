@@ -169,13 +169,9 @@ def test_routed_forward_step_needs_no_more_memory_than_autodiff():
     # make room for it: 3x3@56's step 8.5 -> 14.7 MiB without them, autodiff's
     # 12.4, 10.7 with them.
     shape = _bench.SUITE[0]
-    params, x, ct = shape.config.arrays()
-
-    def temp(forward):
-        return _bench._compile(_bench._grad_fn(forward, shape), params, x, ct)[2]
-
     assert shape.name == "resnet50-3x3-56"
-    assert temp(jconv.conv_forward) <= temp(jconv.autodiff.conv_forward)
+    jconv_bytes, autodiff_bytes = helpers.bench_step_temp_bytes(shape)
+    assert jconv_bytes <= autodiff_bytes
 
 
 def test_route_leaves_ynnpack():

@@ -210,9 +210,7 @@ def test_banded_kernel_gradient_matches_lax(config, rows, monkeypatch):
     )
     jaxpr = str(dk(x, z))
     assert jaxpr.count("scan[") + jaxpr.count("while[") >= 2  # a chunk loop per band
-    helpers._compiled.cache_clear()
-    helpers.check_against_lax(config, jnp.float32)
-    helpers._compiled.cache_clear()
+    _check_chunked(config, jnp.float32, "kernel")
 
 
 # Kernel gradients whose terms only reduce are folded (``_fold``): slabs of the
@@ -493,13 +491,9 @@ def test_depthwise_training_step_needs_no_more_memory_than_autodiff():
     # shape; started from one shared zeros buffer, XLA copied it for one loop
     # (15.7 MiB against autodiff's 14.5; 13.0 on their own buffers).
     shape = _bench.SUITE[6]
-    params, x, ct = shape.config.arrays()
-
-    def temp(forward):  # the bench's step and its compiled temporary bytes
-        return _bench._compile(_bench._grad_fn(forward, shape), params, x, ct)[2]
-
     assert shape.name == "mobilenet-dw-28"
-    assert temp(jconv.conv_forward) <= temp(jconv.autodiff.conv_forward)
+    jconv_bytes, autodiff_bytes = helpers.bench_step_temp_bytes(shape)
+    assert jconv_bytes <= autodiff_bytes
 
 
 def test_network_step_needs_no_more_memory_than_autodiff():
