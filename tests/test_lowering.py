@@ -375,10 +375,18 @@ def test_half_precision_chunks_are_converted_one_at_a_time(gradient):
 
 
 # Scatter mode computes its products a batch chunk at a time in a loop; with a
-# budget of one byte every chunk is a single batch entry.
+# budget of one byte every chunk is a single batch entry. Every pass is forced
+# to scatter: tap-major products with one shifted sum (3x3) or separable ones
+# (5x5, 3x3x3; strided and dilated windows in the forward), and side by side
+# (wide lhs, or dilated: the strided input gradients).
+NCHW = "channels_first"
 SCATTERED = [
     Config(5, (6, 7), (3, 3), 6, 2, padding="SAME", lowering="taps"),  # prime N
     Config(4, (9,), (3,), 6, 2, stride=2, padding=1, layout="channels_first", lowering="taps"),
+    Config(3, (9, 8), (5, 5), 1, 6, padding="VALID", lowering="taps"),  # LeNet-like
+    Config(2, (9, 11), (5, 4), 3, 2, stride=(2, 1), padding=((2, 1), (0, 3)), lowering="taps"),
+    Config(2, (8, 9), (4, 5), 2, 3, dilation=(2, 1), padding="SAME", layout=NCHW, lowering="taps"),
+    Config(2, (5, 6, 4), (3, 3, 3), 2, 1, padding="SAME", lowering="taps"),
 ]
 
 
@@ -386,7 +394,25 @@ SCATTERED = [
 def test_chunked_scatter_matches_lax(config, monkeypatch):
     monkeypatch.setattr(_taps, "choose_mode", lambda *shapes_and_corr: "scatter")
     monkeypatch.setattr(_scatter, "SCATTER_BYTES", 1)
+    monkeypatch.setattr(_scatter, "TAP_MAJOR_BYTES", 1)
     _check_chunked(config, jnp.float32, "input")
+
+
+def test_tap_major_products_where_the_lhs_is_thinner():
+    # LeNet's input gradient: dz has 6 features, the products 25 taps x 1.
+    corr = Correlation(
+        lhs_axes=(0, 3, 1, 2),
+        rhs_axes=(2, 3, 0, 1),
+        out_axes=(0, 3, 1, 2),
+        window_strides=(1, 1),
+        padding=((4, 4), (4, 4)),
+        lhs_dilation=(1, 1),
+        rhs_dilation=(1, 1),
+    )
+    assert _scatter._tap_major((64, 24, 24, 6), 25 * 1, corr)
+    assert not _scatter._tap_major((8, 64, 64, 32), 9 * 1, corr)  # 3x3, 32 -> 1
+    strided = dataclasses.replace(corr, lhs_dilation=(2, 2))  # the phased sum's
+    assert not _scatter._tap_major((64, 24, 24, 6), 25 * 1, strided)
 
 
 def test_scatter_chunks_read_an_entry_parameter_in_place(monkeypatch):
