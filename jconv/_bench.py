@@ -27,6 +27,7 @@ import numpy as np
 
 from . import autodiff
 from ._conv import conv_forward
+from ._spec import geometry, output_size
 from .testing._config import ConvConfig
 
 
@@ -160,8 +161,12 @@ def _torch_runners(named: Shape, chained: bool = False) -> dict[str, Any]:
 
     The cotangent is ones, or ``1 + z`` when ``chained`` (see :func:`_grad_fn`).
 
-    Empty when torch is not installed or cannot express the shape (SAME padding
-    with a stride, or more than 2 spatial dims).
+    Empty when torch is not installed or cannot express the shape (more than 2
+    spatial dims). Torch has no SAME for strided convolutions; there it gets
+    the symmetric padding that gives SAME's output size and work, as torch
+    models write it (MobileNet's stride-2 3x3 over 112 rows: SAME pads
+    ``(0, 1)``, torch ``padding=1``; both give 56 rows), or else SAME's pads
+    applied with ``F.pad`` inside the timed step.
     """
     try:
         import torch
@@ -173,13 +178,7 @@ def _torch_runners(named: Shape, chained: bool = False) -> dict[str, Any]:
     conv = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d}.get(nd)
     if conv is None:
         return {}
-    pad = shape.padding
-    if pad == "VALID":
-        pad = 0
-    elif pad == "SAME":
-        if shape.stride != 1:
-            return {}  # torch has no SAME for strided convolutions
-        pad = "same"
+    forward = _torch_forward(shape, conv, torch.nn.functional.pad)
     x = torch.randn(shape.batch, shape.c_in, *shape.spatial)
     w = torch.randn(shape.c_out, shape.c_in // shape.groups, *shape.window) * 0.1
     b = torch.randn(shape.c_out)
@@ -195,20 +194,39 @@ def _torch_runners(named: Shape, chained: bool = False) -> dict[str, Any]:
         def run(xf=xf, wf=wf, bf=bf):
             xf.grad = wf.grad = bf.grad = None  # fresh gradients, as jax computes them
             t0 = time.perf_counter()
-            z = conv(
-                xf,
-                wf,
-                bf,
-                stride=shape.stride,
-                padding=pad,
-                dilation=shape.dilation,
-                groups=shape.groups,
-            )
+            z = forward(xf, wf, bf)
             z.backward(torch.ones_like(z) + z.detach() if chained else torch.ones_like(z))
             return time.perf_counter() - t0
 
         runners[name] = run
     return runners
+
+
+def _torch_forward(shape: ConvConfig, conv, pad_fn):
+    """``(x, w, b) -> z``: torch's ``conv`` (``F.conv1d``/``conv2d``) with ``shape``'s
+    arguments, the input padded first by ``pad_fn`` (``F.pad``) where the
+    padding is asymmetric (:func:`_torch_padding`)."""
+    padding = _torch_padding(shape)
+    kwargs = dict(stride=shape.stride, dilation=shape.dilation, groups=shape.groups)
+    if isinstance(padding, tuple):
+        return lambda x, w, b: conv(x, w, b, padding=padding, **kwargs)
+    pre = [p for pair in reversed(padding) for p in pair]  # (last dim's lo, hi, ...)
+    return lambda x, w, b: conv(pad_fn(x, pre), w, b, padding=0, **kwargs)
+
+
+def _torch_padding(shape: ConvConfig):
+    """``shape``'s padding as torch's ``padding=`` (per-dim ints), or as lax's
+    ``[(lo, hi), ...]`` where no symmetric padding gives the same output size."""
+    geom = geometry(
+        shape.x_shape, shape.kernel_shape, **shape.kwargs, precision=None, where="bench"
+    )
+    symmetric = []
+    for dim in geom.dims():
+        pad = max(dim.lo, dim.hi)
+        if output_size(dim.size, dim.window, dim.stride, dim.dilation, (pad, pad)) != dim.out:
+            return [(d.lo, d.hi) for d in geom.dims()]
+        symmetric.append(pad)
+    return tuple(symmetric)
 
 
 # Blocks in which jax and torch take turns (see _in_blocks).

@@ -619,7 +619,53 @@ def test_torch_contender_runs_both_layouts_where_torch_can():
     runners = _bench._torch_runners(_suite_shape("lenet-5x5"))
     assert set(runners) == {"torch", "torch-channels-last"}
     assert all(run() > 0 for run in runners.values())
-    assert _bench._torch_runners(_suite_shape("mobilenet-dw-s2-112")) == {}  # SAME, strided
+    strided_same = _bench._torch_runners(_suite_shape("mobilenet-dw-s2-112"))
+    assert set(strided_same) == {"torch", "torch-channels-last"}
+
+
+def test_torch_padding_keeps_the_output_size():
+    # SAME with stride 2 over 112 rows pads (0, 1); torch's symmetric 1 gives 56 rows too.
+    assert _bench._torch_padding(_suite_shape("mobilenet-dw-s2-112").config) == (1, 1)
+    assert _bench._torch_padding(_suite_shape("resnet-stem-7x7-s2").config) == (3, 3)
+    assert _bench._torch_padding(_suite_shape("1d-dilated-k3").config) == (4,)
+    assert _bench._torch_padding(_suite_shape("lenet-5x5").config) == (0, 0)
+    # A 2-tap SAME window over 5 pads (0, 1): symmetric 1 would give 6 outputs.
+    assert _bench._torch_padding(Config(1, (5, 6), (2, 3), 1, 1, padding="SAME")) == [
+        (0, 1),
+        (1, 1),
+    ]
+
+
+TORCH_SHAPES = [s.config for s in _bench.SUITE if len(s.config.spatial) <= 2] + [
+    Config(2, (5, 6), (2, 3), 3, 4, padding="SAME"),  # asymmetric: F.pad first
+    Config(2, (9, 8), (3, 2), 4, 4, stride=2, padding=((2, 1), (0, 1)), groups=2),
+]
+
+
+@pytest.mark.parametrize("config", TORCH_SHAPES, ids=str)
+def test_torch_contender_computes_the_same_output_shape(config):
+    # (and the same values where it pads as lax does)
+    torch = pytest.importorskip("torch")
+    small = dataclasses.replace(config, batch=1)
+    params, x, _ = small.arrays()
+    kernel, bias = params["kernel"], params["bias"]
+    if small.layout == "channels_last":  # torch is (N, C, *spatial), (O, I, *window)
+        x = jnp.moveaxis(x, -1, 1)
+        kernel = jnp.moveaxis(kernel, (-1, -2), (0, 1))
+    conv = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d}[len(small.spatial)]
+    forward = _bench._torch_forward(small, conv, torch.nn.functional.pad)
+    tensors = (torch.from_numpy(np.asarray(a)) for a in (x, kernel, bias))
+    z_torch = forward(*tensors).numpy()
+    z = jnp.asarray(jconv.conv_forward(params, small.arrays()[1], **small.kwargs))
+    if small.layout == "channels_last":
+        z = jnp.moveaxis(z, -1, 1)
+    assert z_torch.shape == z.shape
+    geom = jconv._spec.geometry(
+        small.x_shape, small.kernel_shape, **small.kwargs, precision=None, where="test"
+    )
+    if _bench._torch_padding(small) in (list(geom.padding), tuple(lo for lo, _ in geom.padding)):
+        # (float32 sums of up to 4800 terms, in different orders)
+        np.testing.assert_allclose(z_torch, z, rtol=1e-4, atol=1e-5 * float(np.abs(z).max()))
 
 
 @pytest.mark.parametrize("lowering", ["auto", "winograd"])
