@@ -20,7 +20,14 @@ rarely lands where some code paths apply. This draws only from one domain:
   channels, strides 1-3, dilations 1-2, every padding form, both layouts, one
   image per batch chunk and the kernel gradient's row bands forced
   (``_taps.BAND_STACK_BYTES`` of 1 byte, i.e. one dz row a band, or a random
-  few KiB; the run reports how many kernel gradients took bands).
+  few KiB; the run reports how many kernel gradients took bands);
+- ``scatter``: ``lowering="taps"`` with every pass forced to scatter mode
+  (``_taps.choose_mode``), on 1-D to 3-D convolutions of 1-6 channels, grouped
+  or not, strides 1-3, dilations 1-2, every padding form, both layouts, half of
+  them one image per batch chunk: tap-major products summed at once or one
+  window axis at a time, and side by side (wide lhs, or dilated: the phased
+  sums). The run reports how many correlations took tap-major products and how
+  many of those the separable sum.
 
 Each is checked with the test suite's ``check_against_lax`` (values and all
 gradients, elementwise, scaled tolerance)::
@@ -29,6 +36,7 @@ gradients, elementwise, scaled tolerance)::
     python experiments/random_checks.py --domain regions --configs 150 --seed 21 --dtype float64
     python experiments/random_checks.py --domain cpu_xla --configs 150 --seed 31 --dtype float64
     python experiments/random_checks.py --domain bands --configs 150 --seed 41 --dtype float64
+    python experiments/random_checks.py --domain scatter --configs 150 --seed 51 --dtype float64
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import Config, _compiled, check_against_lax  # noqa: E402
 
-from jconv import _cpu_xla, _fold, _regions, _taps, _winograd  # noqa: E402
+from jconv import _cpu_xla, _fold, _regions, _scatter, _taps, _winograd  # noqa: E402
 from jconv.testing._config import sample_config  # noqa: E402
 
 SIZES = {1: 13, 2: 9, 3: 6}  # exclusive upper bound of a spatial size
@@ -112,18 +120,40 @@ def draw_cpu_xla(rng) -> Config:
     )
 
 
+def draw_scatter(rng) -> Config:
+    def channels():
+        groups = int(rng.choice([1, 1, 2]))
+        return groups * int(rng.integers(1, 4)), groups * int(rng.integers(1, 4)), groups
+
+    return _taps_config(rng, (6, 6, 4), lambda window: 2 * max(window), channels)
+
+
 def draw_bands(rng) -> Config:
+    def channels():
+        return int(rng.integers(2, 7)), int(rng.integers(1, 6)), 1
+
+    return _taps_config(rng, (4, 4, 4), lambda window: 3, channels)
+
+
+def _taps_config(rng, window_end, extra, channels) -> Config:
+    """A ``lowering="taps"`` config: 1-D to 3-D, windows below ``window_end[nd -
+    1]``, strides 1-3, dilations 1-2, sizes below ``SIZES[nd] + extra(window)``,
+    every padding form, both layouts; ``channels()`` draws ``(c_in, c_out,
+    groups)``."""
     nd = int(rng.integers(1, 4))
     padding, pads = _padding(rng, nd)
-    window = tuple(int(rng.integers(1, 4)) for _ in range(nd))
+    window = tuple(int(rng.integers(1, window_end[nd - 1])) for _ in range(nd))
     stride, dilation = int(rng.integers(1, 4)), int(rng.integers(1, 3))
-    spatial = _sizes(rng, window, pads, SIZES[nd] + 3, dilation)
+    spatial = _sizes(rng, window, pads, SIZES[nd] + extra(window), dilation)
+    batch = int(rng.integers(1, 5))
+    c_in, c_out, groups = channels()
     return Config(
-        int(rng.integers(1, 5)),
+        batch,
         spatial,
         window,
-        int(rng.integers(2, 7)),
-        int(rng.integers(1, 6)),
+        c_in,
+        c_out,
+        groups=groups,
         stride=stride,
         padding=padding,
         dilation=dilation,
@@ -136,7 +166,9 @@ def draw_bands(rng) -> Config:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--domain", choices=["winograd", "regions", "cpu_xla", "bands"], default="winograd"
+        "--domain",
+        choices=["winograd", "regions", "cpu_xla", "bands", "scatter"],
+        default="winograd",
     )
     parser.add_argument("--configs", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
@@ -159,6 +191,18 @@ def main() -> int:
         return out
 
     _taps.row_bands = counted_bands
+    tap_major, separable = [0, 0], (_scatter._tap_major_products, _scatter._separable_sum)
+
+    def counted_tap_major(*args, **kwargs):
+        tap_major[0] += 1
+        return separable[0](*args, **kwargs)
+
+    def counted_separable(*args, **kwargs):
+        tap_major[1] += 1
+        return separable[1](*args, **kwargs)
+
+    _scatter._tap_major_products, _scatter._separable_sum = counted_tap_major, counted_separable
+    scatter_bytes = _scatter.TAP_MAJOR_BYTES
     chunk_bytes = _cpu_xla.CHUNK_BYTES
     if args.domain == "regions":
         _regions.REGION_BYTES = 0  # regions on inputs of any size
@@ -175,6 +219,12 @@ def main() -> int:
             _fold.FOLD_TERMS = 1  # (folding replaces the chunk loop where it applies)
             _taps.BAND_STACK_BYTES = 1 if rng.integers(0, 2) else int(rng.integers(2, 8192))
             _taps.STACK_BYTES = max(1, _taps.BAND_STACK_BYTES // 2)
+        elif args.domain == "scatter":
+            config = draw_scatter(rng)
+            _taps.choose_mode = lambda *shapes_and_corr: "scatter"
+            one_each = bool(rng.integers(0, 2))  # one image a chunk
+            _scatter.TAP_MAJOR_BYTES = 1 if one_each else scatter_bytes
+            _scatter.SCATTER_BYTES = 1 if one_each else 1 << 19
         else:
             config = draw_regions(rng)
         _compiled.cache_clear()  # compile afresh under this budget
@@ -187,6 +237,9 @@ def main() -> int:
     what = f"{args.domain}, {args.dtype}, seed {args.seed}"
     took = f"; {routed[0]} compiled programs took the cpu_xla route" if routed[0] else ""
     took += f"; {banded[0]} kernel gradients took row bands" if banded[0] else ""
+    if tap_major[0]:
+        took += f"; {tap_major[0]} correlations took tap-major products"
+        took += f", {tap_major[1]} of them the separable sum"
     print(f"{args.configs - failed}/{args.configs} passed ({what}{took})")
     return 1 if failed else 0
 
