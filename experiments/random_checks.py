@@ -191,18 +191,20 @@ def main() -> int:
         return out
 
     _taps.row_bands = counted_bands
-    tap_major, separable = [0, 0], (_scatter._tap_major_products, _scatter._separable_sum)
+    # Distinct correlations of the config (a chunk loop traces its body twice).
+    tap_major, separable = (set(), set()), (_scatter._tap_major_products, _scatter._separable_sum)
 
-    def counted_tap_major(*args, **kwargs):
-        tap_major[0] += 1
-        return separable[0](*args, **kwargs)
+    def counted_tap_major(lhs, rhs, corr, *args):
+        tap_major[0].add((lhs.shape, rhs.shape, corr))
+        return separable[0](lhs, rhs, corr, *args)
 
-    def counted_separable(*args, **kwargs):
-        tap_major[1] += 1
-        return separable[1](*args, **kwargs)
+    def counted_separable(products, corr, outs):
+        tap_major[1].add((products.shape, corr))
+        return separable[1](products, corr, outs)
 
     _scatter._tap_major_products, _scatter._separable_sum = counted_tap_major, counted_separable
-    scatter_bytes = _scatter.TAP_MAJOR_BYTES
+    tap_major_counts = [0, 0]
+    scatter_bytes = _scatter.TAP_MAJOR_BYTES, _scatter.SCATTER_BYTES
     chunk_bytes = _cpu_xla.CHUNK_BYTES
     if args.domain == "regions":
         _regions.REGION_BYTES = 0  # regions on inputs of any size
@@ -223,8 +225,8 @@ def main() -> int:
             config = draw_scatter(rng)
             _taps.choose_mode = lambda *shapes_and_corr: "scatter"
             one_each = bool(rng.integers(0, 2))  # one image a chunk
-            _scatter.TAP_MAJOR_BYTES = 1 if one_each else scatter_bytes
-            _scatter.SCATTER_BYTES = 1 if one_each else 1 << 19
+            _scatter.TAP_MAJOR_BYTES = 1 if one_each else scatter_bytes[0]
+            _scatter.SCATTER_BYTES = 1 if one_each else scatter_bytes[1]
         else:
             config = draw_regions(rng)
         _compiled.cache_clear()  # compile afresh under this budget
@@ -234,12 +236,15 @@ def main() -> int:
         except AssertionError as err:
             failed += 1
             print("FAIL", config, str(err)[:300])
+        for i in (0, 1):
+            tap_major_counts[i] += len(tap_major[i])
+            tap_major[i].clear()
     what = f"{args.domain}, {args.dtype}, seed {args.seed}"
     took = f"; {routed[0]} compiled programs took the cpu_xla route" if routed[0] else ""
     took += f"; {banded[0]} kernel gradients took row bands" if banded[0] else ""
-    if tap_major[0]:
-        took += f"; {tap_major[0]} correlations took tap-major products"
-        took += f", {tap_major[1]} of them the separable sum"
+    if tap_major_counts[0]:
+        took += f"; {tap_major_counts[0]} correlations took tap-major products"
+        took += f", {tap_major_counts[1]} of them the separable sum"
     print(f"{args.configs - failed}/{args.configs} passed ({what}{took})")
     return 1 if failed else 0
 

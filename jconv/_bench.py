@@ -163,10 +163,10 @@ def _torch_runners(named: Shape, chained: bool = False) -> dict[str, Any]:
 
     Empty when torch is not installed or cannot express the shape (more than 2
     spatial dims). Torch has no SAME for strided convolutions; there it gets
-    the symmetric padding that gives SAME's output size and work, as torch
+    a symmetric padding that gives SAME's output size and work, as torch
     models write it (MobileNet's stride-2 3x3 over 112 rows: SAME pads
     ``(0, 1)``, torch ``padding=1``; both give 56 rows), or else SAME's pads
-    applied with ``F.pad`` inside the timed step.
+    applied with ``F.pad`` inside the timed step (:func:`_torch_padding`).
     """
     try:
         import torch
@@ -216,16 +216,22 @@ def _torch_forward(shape: ConvConfig, conv, pad_fn):
 
 def _torch_padding(shape: ConvConfig):
     """``shape``'s padding as torch's ``padding=`` (per-dim ints), or as lax's
-    ``[(lo, hi), ...]`` where no symmetric padding gives the same output size."""
+    ``[(lo, hi), ...]`` where neither ``lo`` nor ``hi`` on both sides gives the
+    same output size. ``lo`` is tried first: with it, the windows are lax's
+    (and so are the values)."""
     geom = geometry(
         shape.x_shape, shape.kernel_shape, **shape.kwargs, precision=None, where="bench"
     )
     symmetric = []
     for dim in geom.dims():
-        pad = max(dim.lo, dim.hi)
-        if output_size(dim.size, dim.window, dim.stride, dim.dilation, (pad, pad)) != dim.out:
+        fits = [
+            pad
+            for pad in (dim.lo, dim.hi)
+            if output_size(dim.size, dim.window, dim.stride, dim.dilation, (pad, pad)) == dim.out
+        ]
+        if not fits:
             return [(d.lo, d.hi) for d in geom.dims()]
-        symmetric.append(pad)
+        symmetric.append(fits[0])
     return tuple(symmetric)
 
 

@@ -93,10 +93,11 @@ def _tap_major(lhs_shape, products: int, corr: Correlation) -> bool:
     side on the out-feature axis, a tap's slice reads every ``products``-th
     entry. But XLA:CPU computes a tap-major matmul by transposing the lhs
     first, which costs ``f_in`` entries per pixel against the products'
-    ``taps x f_out``: tap-major when the lhs is the thinner (LeNet's input
-    gradient, 6 features against 25 x 1; 3x3, 32 -> 1 over 8 images of 64x64x32
-    was 0.9 -> 1.05 ms tap-major). Not for a dilated lhs: the stem's (phased)
-    input gradient went 34 -> 45 ms.
+    ``taps x f_out``, so they are tap-major only where the lhs is the thinner
+    (LeNet's input gradient: 6 features against 25 x 1). Where it is wider,
+    tap-major was slower: 3x3, 32 -> 1 over 8 images of 64x64, 0.9 -> 1.05 ms.
+    Not for a dilated lhs either: the stem's (phased) input gradient went 34 ->
+    45 ms.
     """
     undilated = all(d == 1 for d in corr.lhs_dilation)
     return undilated and lhs_shape[corr.lhs_axes[1]] <= products
@@ -125,7 +126,7 @@ def _tap_major_products(lhs, rhs, corr: Correlation, precision, acc):
 
 
 def _side_by_side(rhs, corr: Correlation):
-    """Every tap's ``kernel_tap`` side by side on the out-feature axis, tap-major.
+    """Every tap's ``kernel_tap`` side by side on the out-feature axis, tap by tap.
 
     One transpose of the rhs (its spatial axes moved to just before the
     out-feature axis, then merged with it) instead of a slice per tap: an
@@ -144,10 +145,11 @@ def _side_by_side(rhs, corr: Correlation):
 
 
 # The scatter mode's products are computed this many bytes (a batch chunk) at a
-# time; tap-major ones, whose sums read each chunk's products more than once
-# (:func:`_separable_sum`), in smaller chunks: LeNet's input gradient (64 images
-# of 24x24x6 -> 28x28x1, 5x5 taps, 57.6 KB of products per image) took 0.68 ms
-# in chunks of 64 KiB (one image), 0.75 at 128, 1.0 at 256, 1.3 at 512.
+# time; tap-major ones in smaller chunks, measured on LeNet's input gradient
+# (64 images of 24x24x6 -> 28x28x1, 5x5 taps, 57.6 KB of products per image),
+# whose separable sum reads each chunk's products and then its partial sums:
+# 0.68 ms in chunks of 64 KiB (one image), 0.75 at 128, 1.0 at 256, 1.3 at 512.
+# (A tap-major 3x3, one shifted sum, was as fast at 64 KiB as at 512.)
 SCATTER_BYTES = 1 << 19
 TAP_MAJOR_BYTES = 1 << 16
 
@@ -172,8 +174,9 @@ def _separable_sum(products, corr: Correlation, outs):
     l] = sum_j y_ij[k', l ws + j rd]`` (the last window axis, its spatial axis
     padded once), then ``out[k, l] = sum_i r_i[k ws + i rd, l]``. A ``k x k``
     window takes ``2 k`` adds per output instead of ``k^2``, for one more pass
-    over memory (the partial sums), so it is taken where the window's taps
-    outnumber twice its axes' sizes (5x5: 25 > 20, not 3x3). LeNet's input
+    over memory per window axis after the first (the partial sums), so it is
+    taken where the window's taps outnumber twice its axes' sizes (5x5: 25 >
+    20; 3x3x3: 27 > 18; not 3x3). LeNet's input
     gradient: 0.79 -> 0.63 ms; 5x5, 16 -> 1 over 4 images of 96x96: 1.3 -> 1.1.
     """
     spatial = corr.out_axes[2:]

@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import re
 import sys
 
 import helpers
@@ -382,6 +383,7 @@ def test_half_precision_chunks_are_converted_one_at_a_time(gradient):
 NCHW = "channels_first"
 SCATTERED = [
     Config(5, (6, 7), (3, 3), 6, 2, padding="SAME", lowering="taps"),  # prime N
+    Config(2, (6, 7), (3, 3), 32, 1, padding="SAME", lowering="taps"),  # wide lhs: side by side
     Config(4, (9,), (3,), 6, 2, stride=2, padding=1, layout="channels_first", lowering="taps"),
     Config(3, (9, 8), (5, 5), 1, 6, padding="VALID", lowering="taps"),  # LeNet-like
     Config(2, (9, 11), (5, 4), 3, 2, stride=(2, 1), padding=((2, 1), (0, 3)), lowering="taps"),
@@ -396,6 +398,29 @@ def test_chunked_scatter_matches_lax(config, monkeypatch):
     monkeypatch.setattr(_scatter, "SCATTER_BYTES", 1)
     monkeypatch.setattr(_scatter, "TAP_MAJOR_BYTES", 1)
     _check_chunked(config, jnp.float32, "input")
+
+
+def test_lenet_input_gradient_sums_tap_major_products_one_axis_at_a_time(monkeypatch):
+    # The products' matmul accumulates in float32 for a bfloat16 dz, and the
+    # 5x5 window is summed one axis at a time; a 3x3 one at once.
+    calls = []
+    separable = _scatter._separable_sum
+    monkeypatch.setattr(
+        _scatter, "_separable_sum", lambda *args: calls.append(args[0].shape) or separable(*args)
+    )
+    dz, kernel = jnp.ones((4, 24, 24, 6), jnp.bfloat16), jnp.ones((5, 5, 1, 6), jnp.bfloat16)
+    jaxpr = str(
+        jax.make_jaxpr(lambda dz, k: jconv.conv_grad_input(dz, k, (4, 28, 28, 1), padding="VALID"))(
+            dz, kernel
+        )
+    )
+    assert calls and calls[0][:2] == (5, 5)  # (window, then the output's axes)
+    assert re.search(r"f32\[25,[0-9,]*\] = dot_general", jaxpr)  # 25 taps' products
+    calls.clear()
+    jax.make_jaxpr(lambda dz, k: jconv.conv_grad_input(dz, k, (4, 26, 26, 1), padding="VALID"))(
+        dz[:, :, :, :6], kernel[:3, :3]
+    )
+    assert not calls
 
 
 def test_tap_major_products_where_the_lhs_is_thinner():
@@ -629,6 +654,9 @@ def test_torch_padding_keeps_the_output_size():
     assert _bench._torch_padding(_suite_shape("resnet-stem-7x7-s2").config) == (3, 3)
     assert _bench._torch_padding(_suite_shape("1d-dilated-k3").config) == (4,)
     assert _bench._torch_padding(_suite_shape("lenet-5x5").config) == (0, 0)
+    # Stride 2, window 3 over 5 rows padded (1, 2): 1 on both sides gives the
+    # same 3 rows, and lax's windows.
+    assert _bench._torch_padding(Config(1, (5,), (3,), 1, 1, stride=2, padding=((1, 2),))) == (1,)
     # A 2-tap SAME window over 5 pads (0, 1): symmetric 1 would give 6 outputs.
     assert _bench._torch_padding(Config(1, (5, 6), (2, 3), 1, 1, padding="SAME")) == [
         (0, 1),
