@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ._correlation import Correlation, accumulation_dtype
-from ._terms import Plan, divisor_within, resized
+from ._terms import Plan, divisor_within, pad_axis, resized
 
 # Most products added in the folded loop (positions times slabs): XLA compiles
 # one fused expression with this many terms.
@@ -137,13 +137,13 @@ def folded_positions(lhs, rhs, corr: Correlation, acc, window, outs):
             if first > last:
                 continue  # these rows only meet padding
             x, w = _slab(lhs, rhs, corr, starts, [(first, last), *valid[1:]], b, batch)
-            term = _pad_axis(product(x, w), axes[0], first - r, r + rows - 1 - last)
+            term = pad_axis(product(x, w), axes[0], first - r, r + rows - 1 - last)
             total = term if total is None else total + term
         if total is None:
             sums.append(jnp.zeros(full, dtype))
             continue
         for axis, (first, last), n in zip(axes[1:], valid[1:], window[1:], strict=True):
-            total = _pad_axis(total, axis, first, n - 1 - last)
+            total = pad_axis(total, axis, first, n - 1 - last)
         sums.append(total)
     out = plan.merge(plan.reduce(jnp.stack(sums), order, lead=1), lead=1)
     return jnp.moveaxis(out, 0, -1)
@@ -183,11 +183,3 @@ def _slab(lhs, rhs, corr: Correlation, starts, ranges, b, batch):
         begin[axis], limit[axis], step[axis] = start + first * s - lo, start + last * s - lo + 1, s
         rhs_begin[corr.rhs_axes[2 + i]], rhs_limit[corr.rhs_axes[2 + i]] = first, last + 1
     return lax.slice(lhs, begin, limit, step), lax.slice(rhs, rhs_begin, rhs_limit)
-
-
-def _pad_axis(a, axis, low, high):
-    if low == high == 0:
-        return a
-    config = [(0, 0, 0)] * a.ndim
-    config[axis] = (low, high, 0)
-    return lax.pad(a, jnp.zeros((), a.dtype), config)

@@ -25,6 +25,7 @@ from ._terms import (
     interleave,
     kernel_tap,
     pad,
+    pad_axis,
     tap_starts,
     term,
     window_slice,
@@ -182,21 +183,12 @@ def _separable_sum(products, corr: Correlation, outs):
     spatial = corr.out_axes[2:]
     for d in reversed(range(len(spatial))):
         axis = d + 1 + spatial[d]  # window axes 0..d still lead
-        lo, hi = corr.padding[d]
-        config = [(0, 0, 0)] * products.ndim
-        config[axis] = (lo, hi, 0)
-        padded = lax.pad(products, jnp.zeros((), products.dtype), config)
+        padded = pad_axis(products, axis, *corr.padding[d])
         total = None
         for t in range(products.shape[d]):
             tap = lax.index_in_dim(padded, t, axis=d, keepdims=False)
-            start = t * corr.rhs_dilation[d]
-            part = lax.slice_in_dim(
-                tap,
-                start,
-                start + (outs[d] - 1) * corr.window_strides[d] + 1,
-                stride=corr.window_strides[d],
-                axis=axis - 1,
-            )
+            start, stride = t * corr.rhs_dilation[d], corr.window_strides[d]
+            part = window_slice(tap, (axis - 1,), (start,), (outs[d],), (stride,))
             total = part if total is None else total + part
         products = total
     return products

@@ -52,6 +52,15 @@ def pad(a, axes, corr: Correlation):
     return lax.pad(a, jnp.zeros((), a.dtype), config)
 
 
+def pad_axis(a, axis: int, low: int, high: int):
+    """``a`` zero-padded by ``(low, high)`` on ``axis`` alone."""
+    if low == high == 0:
+        return a
+    config = [(0, 0, 0)] * a.ndim
+    config[axis] = (low, high, 0)
+    return lax.pad(a, jnp.zeros((), a.dtype), config)
+
+
 def window_slice(a, axes, starts, counts, strides):
     begin, limit, step = [0] * a.ndim, list(a.shape), [1] * a.ndim
     for axis, s0, n, t in zip(axes, starts, counts, strides, strict=True):
