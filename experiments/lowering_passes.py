@@ -65,13 +65,14 @@ def main(argv=None):
                 flush=True,
             )
     if args.out:
-        meta = {
-            "jax": jax.__version__,
-            "backend": jax.default_backend(),
-            "cpu": platform.processor(),
-        }
-        with open(args.out, "w") as f:
-            json.dump({"meta": meta, "repeats": args.repeats, "rows": rows}, f, indent=1)
+        write_rows(args.out, args.repeats, rows)
+
+
+def write_rows(path, repeats, rows):
+    """Writes an experiment's rows as JSON, with the machine's jax, backend and CPU."""
+    meta = {"jax": jax.__version__, "backend": jax.default_backend(), "cpu": platform.processor()}
+    with open(path, "w") as f:
+        json.dump({"meta": meta, "repeats": repeats, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

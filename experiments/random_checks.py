@@ -6,7 +6,9 @@ rarely lands where some code paths apply. This draws only from one domain:
 - ``winograd``: dense, unit-stride, undilated 3-tap windows (``lowering="winograd"``),
   1-D to 3-D, both layouts, every padding form (including padding past the
   kernel, which the input gradient crops), bias or not, 1-5 images and
-  channels, half of them with one image per batch chunk;
+  channels, half of them with one image per batch chunk; the kernel gradient's
+  F(3, 2) pieces are forced on these narrow features
+  (``_winograd.GRADIENT_FEATURES = 1``; the run reports how many took them);
 - ``regions``: the package's general sampler (``jconv.testing``), lowerings
   ``taps`` and ``auto``, with taps mode's regions forced on inputs of any size
   (``_regions.REGION_BYTES = 0``; by default only padded copies over 256 KiB
@@ -175,7 +177,15 @@ def main() -> int:
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float64")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
-    budget, failed = _winograd.WINOGRAD_BYTES, 0
+    budget, failed = (_winograd.WINOGRAD_BYTES, _winograd.GRADIENT_BYTES), 0
+    pieces, gradient_tiles = set(), _winograd._gradient_tiles
+
+    def counted_pieces(lhs, rhs, corr, *args):
+        pieces.add((lhs.shape, rhs.shape, corr))
+        return gradient_tiles(lhs, rhs, corr, *args)
+
+    _winograd._gradient_tiles = counted_pieces
+    pieces_count = 0
     routed, route = [0], _cpu_xla.cpu_xla_correlate
 
     def counted(*args, **kwargs):
@@ -211,7 +221,10 @@ def main() -> int:
     for _ in range(args.configs):
         if args.domain == "winograd":
             config = draw_winograd(rng)
-            _winograd.WINOGRAD_BYTES = 1 if rng.integers(0, 2) else budget  # one image a chunk
+            _winograd.GRADIENT_FEATURES = 1  # the kernel gradient's pieces on narrow features
+            one_each = bool(rng.integers(0, 2))  # one image a chunk
+            _winograd.WINOGRAD_BYTES = 1 if one_each else budget[0]
+            _winograd.GRADIENT_BYTES = 1 if one_each else budget[1]
         elif args.domain == "cpu_xla":
             config = draw_cpu_xla(rng)
             _cpu_xla.CHUNK_BYTES = 1 if rng.integers(0, 2) else chunk_bytes  # one image a chunk
@@ -239,9 +252,12 @@ def main() -> int:
         for i in (0, 1):
             tap_major_counts[i] += len(tap_major[i])
             tap_major[i].clear()
+        pieces_count += len(pieces)
+        pieces.clear()
     what = f"{args.domain}, {args.dtype}, seed {args.seed}"
     took = f"; {routed[0]} compiled programs took the cpu_xla route" if routed[0] else ""
     took += f"; {banded[0]} kernel gradients took row bands" if banded[0] else ""
+    took += f"; {pieces_count} kernel gradients took F(3, 2) pieces" if pieces_count else ""
     if tap_major_counts[0]:
         took += f"; {tap_major_counts[0]} correlations took tap-major products"
         took += f", {tap_major_counts[1]} of them the separable sum"

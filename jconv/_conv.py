@@ -142,8 +142,9 @@ def conv_forward(
             and platform), ``"xla"`` (always ``lax.conv_general_dilated``),
             ``"taps"`` (strided slices times einsums) or ``"winograd"`` (F(2, 3)
             tiles for 3-tap windows at unit stride, undilated and ungrouped: the
-            forward and input gradient of a dense 3x3 convolution; as
-            ``"auto"`` elsewhere, on every platform. Measured on CPU only: faster
+            forward and input gradient of a dense 3x3 convolution; F(3, 2)
+            pieces for its kernel gradient over >= 128 input and output
+            channels; as ``"auto"`` elsewhere, on every platform. Measured on CPU only: faster
             over 64 and 256 channels, at more memory than autodiff: opt-in). Values
             and the rules are the same; only speed and memory differ.
 

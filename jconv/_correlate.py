@@ -41,10 +41,12 @@ def correlate(lhs, rhs, corr: Correlation, precision=None, lowering: str = "auto
         corr: which correlation.
         precision: passed to XLA.
         lowering: ``"xla"`` (``lax.conv_general_dilated``), ``"taps"`` (strided
-            slices times einsums, ``_taps.py``), ``"winograd"`` (F(2, 3) tiles,
-            ``_winograd.py``, where :func:`_winograd.applies`; as ``"auto"``
-            elsewhere) or ``"auto"``: on CPU, taps where XLA:CPU's convolution is
-            slow (:func:`_taps_pays_on_cpu`: grouped and depthwise correlations,
+            slices times einsums, ``_taps.py``), ``"winograd"`` (F(2, 3) tiles
+            for 3-tap windows, F(3, 2) pieces for the kernel gradients of
+            those over >= 128 features, ``_winograd.py``, where
+            :func:`_winograd.applies`; as ``"auto"`` elsewhere) or ``"auto"``:
+            on CPU, taps where XLA:CPU's convolution is slow
+            (:func:`_taps_pays_on_cpu`: grouped and depthwise correlations,
             most kernel gradients, thin input gradients), dense channels-last 2-D
             forwards and input gradients as XLA's convolution with extra
             output rows, which XLA:CPU runs on every core (``_cpu_xla.py``);

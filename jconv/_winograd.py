@@ -1,4 +1,5 @@
-"""Winograd's minimal filtering F(2, 3): a 3-tap correlation in 4 products per 2 outputs.
+"""Winograd's minimal filtering: F(2, 3), a 3-tap correlation in 4 products per 2
+outputs, and its transpose F(3, 2) for the kernel gradient.
 
 The seed's forward ``Z = X ⊛ K`` and its input gradient (a full correlation of
 the padded ``dL/dZ`` with the rotated ``K``) are both, for a 3x3 kernel at unit
@@ -36,6 +37,27 @@ Padding: with ``lo``/``hi`` zeros added to ``n`` entries the output has
 extra output is cropped. E.g. ``n = 5`` SAME (``lo = hi = 1``): ``o = 5``,
 ``T = 3``, 8 padded entries, 6 outputs computed, 5 kept.
 
+The kernel gradient ``dL/dK = conv(X, dL/dZ)`` of such a convolution is the
+other way round: three outputs per dim, and a window as large as ``dL/dZ``.
+Its sum over the window is cut into pieces of two taps, and each piece is
+F(3, 2), the transpose of F(2, 3): both compute the same trilinear form
+``sum_{o, t} h_o d[o + t] k_t = sum_p (A h)_p (G k)_p (Bᵀ d)_p`` (``A = (Aᵀ)ᵀ``),
+read once as two outputs of a 3-tap window and once as three outputs of a
+2-tap window ``h``::
+
+    y = Gᵀ [(A h) ⊙ (Bᵀ d)],   y_t = d[t] h_0 + d[t + 1] h_1,  t = 0, 1, 2.
+
+Worked case: ``d = (1, 2, 3, 4)``, ``h = (1, -1)``: ``A h = (1, 0, 2, 1)``,
+``Bᵀ d = (-2, 5, 1, -2)``, ``m = (-2, 0, 2, -2)``, ``y = (-1, -1, -1)``, as
+``1 - 2``, ``2 - 3`` and ``3 - 4``. Piece ``s`` reads ``h = dz[2s : 2s + 2]``
+and ``d = x~[2s : 2s + 4]`` (``x~`` the padded forward input), and the sum over
+pieces joins the matmuls' contraction: per transformed position ``p``, one
+matmul of the transformed ``x`` (input features by images and pieces) with the
+transformed ``dz`` (images and pieces by output features). A window of ``w``
+taps makes ``S = ceil(w / 2)`` pieces (``dz`` padded with zeros to ``2S``,
+``x~`` to ``2S + 2``); e.g. 3x3@14 SAME: 7 pieces per dim, 16 products per
+2-D piece where the direct sum takes 36 (3 outputs times 2 taps, squared).
+
 The transforms' arithmetic is exact up to rounding (``G``'s halves are exact);
 the products are summed in a different order than the direct sum, so results
 agree with XLA's convolution to the dtype's rounding, as any two correlation
@@ -48,39 +70,92 @@ import dataclasses
 import itertools
 import math
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
 from ._correlation import Correlation, accumulation_dtype
-from ._terms import divisor_within, in_batch_chunks, interleave, term_counts, window_slice
+from ._terms import (
+    divisor_within,
+    dynamic_slice_bits,
+    in_batch_chunks,
+    interleave,
+    term_counts,
+    window_slice,
+)
 
 # Bᵀ (input), G (kernel) and Aᵀ (output) of F(2, 3), as rows of coefficients.
 B_T = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
 G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
 A_T = ((1, 1, 1, 0), (0, 1, -1, -1))
+# F(3, 2), the kernel-gradient form: A (a 2-tap piece of dz) and Gᵀ (output).
+A = tuple(zip(*A_T, strict=True))
+G_T = tuple(zip(*G, strict=True))
 
 # Batch entries are transformed and multiplied this many lhs bytes at a time.
 WINOGRAD_BYTES = 1 << 21
+# The kernel-gradient form contracts the forward's batch in chunks whose
+# transformed x takes at most this many bytes. Its matmuls lose efficiency past
+# that (dk alone over 8 images of 28x28x128: chunks of 2 13.0 ms, of 8 24.3 ms;
+# of 14x14x256: chunks of 4 and of 8 10.2 ms), and the chunk's arrays sit beside
+# the other passes' (3x3@14's training step 38.6 MiB with 8 MiB chunks, 36.3 with 4).
+GRADIENT_BYTES = 1 << 22
+# ... and is taken where both its matmul dims (the forward's input and output
+# features) are at least this wide; over 64 channels its 64x64 matmuls are no
+# faster than the taps' (3x3@56, dk alone 23-25 ms both).
+GRADIENT_FEATURES = 128
 
 
 def applies(lhs_shape, rhs_shape, corr: Correlation) -> bool:
-    """Whether ``corr`` is a dense, unit-stride, undilated correlation with 3-tap windows.
+    """Whether ``corr`` is dense, unit-stride and undilated, with 3-tap windows
+    (:func:`_window_form`) or 3 outputs per dim (:func:`_output_form`).
 
     That is the forward and the input gradient of a dense 3x3 (3, 3x3x3, ...)
-    convolution at unit stride, and also the kernel gradient of a unit-stride
-    convolution whose output is 3 wide in every dim (``dz`` is then the window).
-    Padding is >= 0 here: :func:`_correlate.correlate` crops negative padding first.
+    convolution at unit stride, and its kernel gradient where the features are
+    wide enough. Padding is >= 0 here: :func:`_correlate.correlate` crops
+    negative padding first.
     """
-    return (
-        lhs_shape[corr.lhs_axes[0]] >= 1
-        and corr.feature_group_count == 1
+    dense = (
+        corr.feature_group_count == 1
         and corr.batch_group_count == 1
         and all(s == 1 for s in corr.window_strides)
         and all(d == 1 for d in corr.lhs_dilation)
         and all(d == 1 for d in corr.rhs_dilation)
-        and all(rhs_shape[a] == 3 for a in corr.rhs_axes[2:])
         and all(lo >= 0 and hi >= 0 for lo, hi in corr.padding)
-        and all(o >= 1 for o in term_counts(lhs_shape, rhs_shape, corr)[1])
+    )
+    return dense and (
+        _window_form(lhs_shape, rhs_shape, corr) or _output_form(lhs_shape, rhs_shape, corr)
+    )
+
+
+def _window_form(lhs_shape, rhs_shape, corr: Correlation) -> bool:
+    """F(2, 3): 3-tap windows and at least one output per dim."""
+    return all(rhs_shape[a] == 3 for a in corr.rhs_axes[2:]) and all(
+        o >= 1 for o in term_counts(lhs_shape, rhs_shape, corr)[1]
+    )
+
+
+def _output_form(lhs_shape, rhs_shape, corr: Correlation) -> bool:
+    """F(3, 2): 3 outputs per dim (a 3x3 kernel gradient, ``dz`` the window), over
+    at least :data:`GRADIENT_FEATURES` lhs batch entries and rhs out-features
+    (the forward's input and output features), every output meeting the lhs.
+
+    Output ``o`` of a dim reads padded entries ``o .. o + w - 1`` (``w`` the
+    window), the lhs's ``n`` entries sit at ``lo .. lo + n - 1``: outputs 0 and 2
+    meet them iff ``w - 1 >= lo`` and ``lo + n >= 3``. An output that reads only
+    padding (a 1x1 image under SAME padding: its kernel gradient's outer taps)
+    is exactly zero, which the pieces' mixed sums would leave as rounding
+    residue of its neighbours.
+    """
+    window, outs = term_counts(lhs_shape, rhs_shape, corr)
+    meets = all(
+        w - 1 >= lo and lo + lhs_shape[a] >= 3
+        for a, w, (lo, _) in zip(corr.lhs_axes[2:], window, corr.padding, strict=True)
+    )
+    return (
+        all(o == 3 for o in outs)
+        and meets
+        and min(lhs_shape[corr.lhs_axes[0]], rhs_shape[corr.rhs_axes[0]]) >= GRADIENT_FEATURES
     )
 
 
@@ -95,6 +170,8 @@ def winograd_correlate(lhs, rhs, corr: Correlation, precision=None):
     Returns:
         The result, in ``lhs``'s dtype, laid out as ``corr.out_axes`` say.
     """
+    if not _window_form(lhs.shape, rhs.shape, corr):
+        return _gradient_tiles(lhs, rhs, corr, precision)
     acc = accumulation_dtype(lhs.dtype) or lhs.dtype
     _, outs = term_counts(lhs.shape, rhs.shape, corr)
     tiles = [-(-o // 2) for o in outs]
@@ -115,6 +192,61 @@ def winograd_correlate(lhs, rhs, corr: Correlation, precision=None):
         return _output_transform(_products(v, u, last, precision), last, outs).astype(lhs.dtype)
 
     return in_batch_chunks(tiled, lhs, chunk, corr)
+
+
+def _gradient_tiles(lhs, rhs, corr: Correlation, precision):
+    """The correlation ``corr`` with 3 outputs per dim by F(3, 2) pieces of its window.
+
+    Both operands are first laid out with the contracted features (the
+    forward's batch) major and the kept ones minor, ``lhs`` as ``(F, *spatial,
+    B)`` and ``rhs`` as ``(F, *window, O)``: for channels-last ``x`` and ``dz``
+    that is their own layout, and each transformed position's matmul then
+    contracts ``(F, *pieces)`` on both sides. The forward's batch goes in
+    chunks of :data:`GRADIENT_BYTES` of transformed ``x``, summed in a loop.
+    """
+    acc = accumulation_dtype(lhs.dtype) or lhs.dtype
+    window, _ = term_counts(lhs.shape, rhs.shape, corr)
+    d = len(window)
+    pieces = [-(-w // 2) for w in window]
+    lhs = jnp.transpose(lhs, (corr.lhs_axes[1], *corr.lhs_axes[2:], corr.lhs_axes[0]))
+    rhs = jnp.transpose(rhs, (corr.rhs_axes[1], *corr.rhs_axes[2:], corr.rhs_axes[0]))
+    last = dataclasses.replace(corr, lhs_axes=(d + 1, 0, *range(1, d + 1)))
+    spatial = tuple(range(1, d + 1))
+    config = [(0, 0, 0)] * rhs.ndim
+    for a, w, s in zip(spatial, window, pieces, strict=True):
+        config[a] = (0, 2 * s - w, 0)  # dz padded to 2S taps
+    letters = "abcdefghijklmnopqrstuvwx"[:d]
+    spec = f"YZ{letters}B,YZ{letters}O->YBO"
+
+    entry = 4**d * math.prod(pieces) * lhs.shape[-1] * jnp.dtype(acc).itemsize
+    chunk = divisor_within(lhs.shape[0], GRADIENT_BYTES // entry)
+    count = lhs.shape[0] // chunk
+
+    def products(start):
+        x = dynamic_slice_bits(lhs, start, chunk, 0).astype(acc)
+        h = dynamic_slice_bits(rhs, start, chunk, 0).astype(acc)
+        h = lax.pad(h, jnp.zeros((), acc), config)
+        v = _input_transform(x, last, pieces)  # (4**d, chunk, *pieces, B)
+        u = jnp.stack(  # (4**d, chunk, *pieces, O): A h of every piece
+            list(
+                _transformed(lambda j: window_slice(h, spatial, j, pieces, (2,) * d), A, d).values()
+            )
+        )
+        return jnp.einsum(spec, v, u, precision=precision, preferred_element_type=acc)
+
+    if count == 1:
+        m = products(0)
+    else:
+        zeros = jnp.zeros(jax.eval_shape(products, 0).shape, acc)
+        m = lax.fori_loop(0, count, lambda i, m: m + products(i * chunk), zeros)
+    m = m.reshape(*(4,) * d, *m.shape[1:])
+    out = jnp.stack(list(_transformed(lambda j: m[j], G_T, d).values()))
+    out = out.reshape(*(3,) * d, *m.shape[d:])  # (*outputs, B, O)
+    order = [0] * out.ndim  # out axes <- (*outputs, B, O)
+    order[corr.out_axes[0]], order[corr.out_axes[1]] = d, d + 1
+    for i, a in enumerate(corr.out_axes[2:]):
+        order[a] = i
+    return jnp.transpose(out, order).astype(lhs.dtype)
 
 
 def _input_transform(lhs, corr: Correlation, tiles):

@@ -1,4 +1,5 @@
-"""Winograd F(2, 3) tiles (``lowering="winograd"``) against lax, and where they apply."""
+"""Winograd tiles (``lowering="winograd"``) against lax, and where they apply: F(2, 3)
+for the forward and input gradient, F(3, 2) for the kernel gradient."""
 
 import dataclasses
 
@@ -14,7 +15,8 @@ from jconv import _winograd
 from jconv._correlation import Correlation
 
 # 3-tap windows at unit stride: the forward and the input gradient take the
-# tiles (the kernel gradient stays XLA's). Odd and even outputs (a cropped last
+# F(2, 3) tiles (the kernel gradient takes F(3, 2) pieces over wide features
+# only; see the tests below, which lower that bound). Odd and even outputs (a cropped last
 # tile), every padding kind, padding past the kernel (cropped before the tiles),
 # both layouts, 1-D to 3-D, a single image, bias or not.
 WINOGRAD = [
@@ -96,7 +98,101 @@ def test_forced_winograd_takes_tiles_only_where_they_apply(config, tiles):
         check_against_lax(config, jnp.float32)
 
 
-def test_auto_never_takes_the_tiles():
+def test_auto_never_takes_the_tiles(monkeypatch):
     # The tiles are faster on CPU but hold more memory than autodiff's training
-    # step (experiments/README.md), so they are opt-in.
+    # step (experiments/README.md), so they are opt-in; so are the pieces.
     assert not _applies(Config(2, (8, 8), (3, 3), 16, 16, padding="SAME"))
+    calls = _counting_gradient_tiles(monkeypatch)
+    x, dz = jnp.ones((1, 4, 4, 128)), jnp.ones((1, 4, 4, 128))
+    jax.make_jaxpr(lambda x, dz: jconv.conv_grad_kernel(x, dz, (3, 3, 128, 128), padding="SAME"))(
+        x, dz
+    )
+    assert not calls
+    jax.make_jaxpr(
+        lambda x, dz: jconv.conv_grad_kernel(
+            x, dz, (3, 3, 128, 128), padding="SAME", lowering="winograd"
+        )
+    )(x, dz)
+    assert calls
+
+
+def test_kernel_gradient_worked_case_of_the_docstring():
+    # d = (1, 2, 3, 4), h = (1, -1): y_t = d[t] - d[t + 1] = (-1, -1, -1).
+    corr = Correlation((0, 1, 2), (0, 1, 2), (0, 1, 2), (1,), ((0, 0),), (1,), (1,))
+    d = jnp.arange(1.0, 5.0).reshape(1, 1, 4)
+    h = jnp.array([1.0, -1.0]).reshape(1, 1, 2)
+    np.testing.assert_array_equal(_winograd.winograd_correlate(d, h, corr), [[[-1.0, -1.0, -1.0]]])
+
+
+def _counting_gradient_tiles(monkeypatch):
+    calls = []
+    real = _winograd._gradient_tiles
+    monkeypatch.setattr(
+        _winograd, "_gradient_tiles", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k)
+    )
+    return calls
+
+
+@pytest.mark.parametrize(
+    "config, chunked",
+    [(c, False) for c in WINOGRAD] + [(c, True) for c in WINOGRAD[:2] + WINOGRAD[4:5]],
+    ids=str,
+)
+def test_kernel_gradient_pieces_match_lax(config, chunked, monkeypatch):
+    # Every config of the grid, its kernel gradient by F(3, 2) pieces (the
+    # feature bound lowered to 1), whole; three (2-D, and 1-D channels-first)
+    # one forward image a chunk, summed in the loop.
+    monkeypatch.setattr(_winograd, "GRADIENT_FEATURES", 1)
+    if chunked:
+        monkeypatch.setattr(_winograd, "GRADIENT_BYTES", 1)
+    calls = _counting_gradient_tiles(monkeypatch)
+    helpers._compiled.cache_clear()  # compile afresh under the patched bounds
+    check_against_lax(dataclasses.replace(config, lowering="winograd"), jnp.float32)
+    helpers._compiled.cache_clear()
+    assert calls, "the kernel gradient did not take the F(3, 2) pieces"
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.bfloat16], ids=str)
+def test_kernel_gradient_pieces_in_float64_and_bfloat16(dtype, monkeypatch, request):
+    if dtype == jnp.float64:
+        request.getfixturevalue("x64")
+    monkeypatch.setattr(_winograd, "GRADIENT_FEATURES", 1)
+    calls = _counting_gradient_tiles(monkeypatch)
+    helpers._compiled.cache_clear()
+    check_against_lax(dataclasses.replace(WINOGRAD[0], lowering="winograd"), dtype)
+    helpers._compiled.cache_clear()
+    assert calls
+
+
+@pytest.mark.parametrize(
+    "channels, pieces", [((128, 128), True), ((128, 64), False), ((64, 128), False)]
+)
+def test_kernel_gradient_takes_pieces_over_wide_features_only(channels, pieces, monkeypatch):
+    # Over 64 channels F(3, 2)'s 64x64 matmuls are no faster than the taps'.
+    calls = _counting_gradient_tiles(monkeypatch)
+    config = Config(1, (4, 5), (3, 3), *channels, padding="SAME", lowering="winograd")
+    params, x, ct = config.arrays(jnp.float32)
+    dk = jconv.conv_grad_kernel(x, ct, params["kernel"].shape, **config.kwargs, lowering="winograd")
+    assert bool(calls) == pieces
+    if pieces:
+        check_against_lax(config, jnp.float32)
+    else:
+        ref = jconv.conv_grad_kernel(x, ct, params["kernel"].shape, **config.kwargs, lowering="xla")
+        helpers.assert_close(dk, ref)
+
+
+def test_kernel_gradient_pieces_skip_outputs_that_read_only_padding(monkeypatch):
+    # One row under SAME padding: the kernel's outer rows only ever meet the
+    # padding, so their gradient is exactly zero; the pieces would leave their
+    # neighbours' rounding there, so that kernel gradient keeps the taps.
+    monkeypatch.setattr(_winograd, "GRADIENT_FEATURES", 1)
+    calls = _counting_gradient_tiles(monkeypatch)
+    config = Config(3, (1, 5), (3, 3), 2, 3, padding="SAME", lowering="winograd")
+    params, x, ct = config.arrays(jnp.float32)
+    dk = jconv.conv_grad_kernel(x, ct, params["kernel"].shape, **config.kwargs, lowering="winograd")
+    assert not calls
+    np.testing.assert_array_equal(dk[0::2], 0.0)
+    taller = dataclasses.replace(config, spatial=(2, 5))
+    params, x, ct = taller.arrays(jnp.float32)
+    jconv.conv_grad_kernel(x, ct, params["kernel"].shape, **taller.kwargs, lowering="winograd")
+    assert calls
