@@ -178,13 +178,13 @@ def main() -> int:
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     budget, failed = (_winograd.WINOGRAD_BYTES, _winograd.GRADIENT_BYTES), 0
-    pieces, gradient_tiles = set(), _winograd._gradient_tiles
+    pieces, pieces_correlate = set(), _winograd._pieces_correlate
 
     def counted_pieces(lhs, rhs, corr, *args):
         pieces.add((lhs.shape, rhs.shape, corr))
-        return gradient_tiles(lhs, rhs, corr, *args)
+        return pieces_correlate(lhs, rhs, corr, *args)
 
-    _winograd._gradient_tiles = counted_pieces
+    _winograd._pieces_correlate = counted_pieces
     pieces_count = 0
     routed, route = [0], _cpu_xla.cpu_xla_correlate
 

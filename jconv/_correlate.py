@@ -61,7 +61,10 @@ def correlate(lhs, rhs, corr: Correlation, precision=None, lowering: str = "auto
         The result, in ``lhs``'s dtype.
     """
     cropped = _crop_negative_padding(lhs, corr)
-    if cropped is None:  # every lhs entry cropped away: the sums are all empty
+    if cropped is None or lhs.size == 0 or rhs.size == 0:
+        # Every lhs entry cropped away, or an empty operand (an empty batch: the
+        # kernel gradient's sums are empty, the other passes' outputs): zeros,
+        # which no lowering has to chunk or tile.
         shape = jax.eval_shape(functools.partial(_xla_conv, corr=corr), lhs, rhs).shape
         return jnp.zeros(shape, lhs.dtype)
     lhs, corr = cropped

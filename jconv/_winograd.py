@@ -58,10 +58,16 @@ taps makes ``S = ceil(w / 2)`` pieces (``dz`` padded with zeros to ``2S``,
 ``x~`` to ``2S + 2``); e.g. 3x3@14 SAME: 7 pieces per dim, 16 products per
 2-D piece where the direct sum takes 36 (3 outputs times 2 taps, squared).
 
-The transforms' arithmetic is exact up to rounding (``G``'s halves are exact);
-the products are summed in a different order than the direct sum, so results
-agree with XLA's convolution to the dtype's rounding, as any two correlation
-orders do. Half-precision operands are transformed and summed in float32.
+The transforms' arithmetic is exact up to rounding (``G``'s halves are exact),
+but it mixes neighbouring outputs: a tile's (a piece's) products, among them
+the products of its neighbours' terms (F(2, 3)'s ``m1`` holds ``d1 k2``, a term
+of the output before ``y0``), are added and cancel. So an output's rounding
+error is bounded by the magnitude of the terms around it, not by its own
+terms alone: an output much smaller than its neighbours (a sum of a few small
+products) agrees with XLA's convolution to the dtype's rounding *of its
+neighbours*. The tests bound each entry accordingly, by the largest sum of
+``|terms|`` over its image and channel (``tests/helpers.py``). Half-precision
+operands are transformed and summed in float32.
 """
 
 from __future__ import annotations
@@ -108,12 +114,14 @@ GRADIENT_FEATURES = 128
 
 def applies(lhs_shape, rhs_shape, corr: Correlation) -> bool:
     """Whether ``corr`` is dense, unit-stride and undilated, with 3-tap windows
-    (:func:`_window_form`) or 3 outputs per dim (:func:`_output_form`).
+    (:func:`_window_form`, F(2, 3) tiles) or 3 outputs per dim
+    (:func:`_output_form`, F(3, 2) pieces).
 
     That is the forward and the input gradient of a dense 3x3 (3, 3x3x3, ...)
     convolution at unit stride, and its kernel gradient where the features are
-    wide enough. Padding is >= 0 here: :func:`_correlate.correlate` crops
-    negative padding first.
+    wide enough. Padding is >= 0 and no operand is empty here:
+    :func:`_correlate.correlate` crops negative padding and answers empty
+    operands first.
     """
     dense = (
         corr.feature_group_count == 1
@@ -136,16 +144,22 @@ def _window_form(lhs_shape, rhs_shape, corr: Correlation) -> bool:
 
 
 def _output_form(lhs_shape, rhs_shape, corr: Correlation) -> bool:
-    """F(3, 2): 3 outputs per dim (a 3x3 kernel gradient, ``dz`` the window), over
-    at least :data:`GRADIENT_FEATURES` lhs batch entries and rhs out-features
-    (the forward's input and output features), every output meeting the lhs.
+    """F(3, 2): 3 outputs per dim and windows of at least 3 taps (two pieces or
+    more), over at least :data:`GRADIENT_FEATURES` lhs batch entries and rhs
+    out-features, every output meeting the lhs.
+
+    That is the kernel gradient of a 3x3 (3, 3x3x3, ...) convolution over
+    images of at least 3 pixels a side under SAME padding (``dz`` the window,
+    the forward's input and output features the matmuls' dims), and any other
+    correlation of that shape (a 5x5 forward on 7x7 images). Narrower windows
+    (a 1x1 forward over 3x3 images) would be padded to a piece of 2 and lose to
+    XLA's convolution.
 
     Output ``o`` of a dim reads padded entries ``o .. o + w - 1`` (``w`` the
     window), the lhs's ``n`` entries sit at ``lo .. lo + n - 1``: outputs 0 and 2
     meet them iff ``w - 1 >= lo`` and ``lo + n >= 3``. An output that reads only
-    padding (a 1x1 image under SAME padding: its kernel gradient's outer taps)
-    is exactly zero, which the pieces' mixed sums would leave as rounding
-    residue of its neighbours.
+    padding (a kernel tap beyond a huge padding) is exactly zero, which the
+    pieces' mixed sums would leave as rounding residue of its neighbours.
     """
     window, outs = term_counts(lhs_shape, rhs_shape, corr)
     meets = all(
@@ -154,13 +168,15 @@ def _output_form(lhs_shape, rhs_shape, corr: Correlation) -> bool:
     )
     return (
         all(o == 3 for o in outs)
+        and all(w >= 3 for w in window)
         and meets
         and min(lhs_shape[corr.lhs_axes[0]], rhs_shape[corr.rhs_axes[0]]) >= GRADIENT_FEATURES
     )
 
 
 def winograd_correlate(lhs, rhs, corr: Correlation, precision=None):
-    """The correlation ``corr`` (see :func:`applies`) by F(2, 3) tiles, in batch chunks.
+    """The correlation ``corr`` (see :func:`applies`) by F(2, 3) tiles in batch chunks,
+    or, with 3 outputs per dim and no 3-tap window, by F(3, 2) pieces.
 
     Args:
         lhs, rhs: operands laid out as ``corr`` says.
@@ -171,7 +187,7 @@ def winograd_correlate(lhs, rhs, corr: Correlation, precision=None):
         The result, in ``lhs``'s dtype, laid out as ``corr.out_axes`` say.
     """
     if not _window_form(lhs.shape, rhs.shape, corr):
-        return _gradient_tiles(lhs, rhs, corr, precision)
+        return _pieces_correlate(lhs, rhs, corr, precision)
     acc = accumulation_dtype(lhs.dtype) or lhs.dtype
     _, outs = term_counts(lhs.shape, rhs.shape, corr)
     tiles = [-(-o // 2) for o in outs]
@@ -194,7 +210,7 @@ def winograd_correlate(lhs, rhs, corr: Correlation, precision=None):
     return in_batch_chunks(tiled, lhs, chunk, corr)
 
 
-def _gradient_tiles(lhs, rhs, corr: Correlation, precision):
+def _pieces_correlate(lhs, rhs, corr: Correlation, precision):
     """The correlation ``corr`` with 3 outputs per dim by F(3, 2) pieces of its window.
 
     Both operands are first laid out with the contracted features (the
@@ -212,9 +228,9 @@ def _gradient_tiles(lhs, rhs, corr: Correlation, precision):
     rhs = jnp.transpose(rhs, (corr.rhs_axes[1], *corr.rhs_axes[2:], corr.rhs_axes[0]))
     last = dataclasses.replace(corr, lhs_axes=(d + 1, 0, *range(1, d + 1)))
     spatial = tuple(range(1, d + 1))
-    config = [(0, 0, 0)] * rhs.ndim
+    dz_pads = [(0, 0, 0)] * rhs.ndim
     for a, w, s in zip(spatial, window, pieces, strict=True):
-        config[a] = (0, 2 * s - w, 0)  # dz padded to 2S taps
+        dz_pads[a] = (0, 2 * s - w, 0)  # dz padded to 2S taps
     letters = "abcdefghijklmnopqrstuvwx"[:d]
     spec = f"YZ{letters}B,YZ{letters}O->YBO"
 
@@ -225,7 +241,7 @@ def _gradient_tiles(lhs, rhs, corr: Correlation, precision):
     def products(start):
         x = dynamic_slice_bits(lhs, start, chunk, 0).astype(acc)
         h = dynamic_slice_bits(rhs, start, chunk, 0).astype(acc)
-        h = lax.pad(h, jnp.zeros((), acc), config)
+        h = lax.pad(h, jnp.zeros((), acc), dz_pads)
         v = _input_transform(x, last, pieces)  # (4**d, chunk, *pieces, B)
         u = jnp.stack(  # (4**d, chunk, *pieces, O): A h of every piece
             list(

@@ -16,6 +16,7 @@ from test_equivalence import GRID
 import jconv
 from jconv import _bench, _correlate, _fold, _placed, _regions, _scatter, _taps
 from jconv._correlation import Correlation
+from jconv._spec import LOWERINGS
 
 
 def _hlo(platform, groups, window, lowering="auto"):
@@ -614,6 +615,23 @@ def test_taps_forward_under_a_reduction_slices_in_place():
     hlo = step.lower(params, x, ct).compile().as_text()
     entry = hlo[hlo.index("\nENTRY") :]  # the buffers; fusions' insides come before
     assert "= f32[16,24,24,1]" not in entry
+
+
+@pytest.mark.parametrize("lowering", LOWERINGS)
+def test_empty_batch_gives_zero_gradients_in_every_lowering(lowering):
+    # An empty batch makes the kernel gradient's sums empty: the chunked taps
+    # (and the Winograd tiles' chunk sizes) divided by zero before correlate
+    # answered empty operands with zeros.
+    params = jconv.conv_init(jax.random.key(0), 4, 5, (3, 3))
+    x = jnp.ones((0, 6, 6, 4))
+
+    def loss(p, x):
+        return jnp.sum(jconv.conv_forward(p, x, padding="SAME", lowering=lowering))
+
+    (gp, gx) = jax.grad(loss, argnums=(0, 1))(params, x)
+    np.testing.assert_array_equal(gp["kernel"], np.zeros((3, 3, 4, 5)))
+    np.testing.assert_array_equal(gp["bias"], np.zeros(5))
+    assert gx.shape == x.shape
 
 
 @pytest.mark.parametrize("lowering, expect_convs", [("xla", True), ("taps", False)])

@@ -102,7 +102,7 @@ def test_auto_never_takes_the_tiles(monkeypatch):
     # The tiles are faster on CPU but hold more memory than autodiff's training
     # step (experiments/README.md), so they are opt-in; so are the pieces.
     assert not _applies(Config(2, (8, 8), (3, 3), 16, 16, padding="SAME"))
-    calls = _counting_gradient_tiles(monkeypatch)
+    calls = _counting_pieces(monkeypatch)
     x, dz = jnp.ones((1, 4, 4, 128)), jnp.ones((1, 4, 4, 128))
     jax.make_jaxpr(lambda x, dz: jconv.conv_grad_kernel(x, dz, (3, 3, 128, 128), padding="SAME"))(
         x, dz
@@ -124,11 +124,11 @@ def test_kernel_gradient_worked_case_of_the_docstring():
     np.testing.assert_array_equal(_winograd.winograd_correlate(d, h, corr), [[[-1.0, -1.0, -1.0]]])
 
 
-def _counting_gradient_tiles(monkeypatch):
+def _counting_pieces(monkeypatch):
     calls = []
-    real = _winograd._gradient_tiles
+    real = _winograd._pieces_correlate
     monkeypatch.setattr(
-        _winograd, "_gradient_tiles", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k)
+        _winograd, "_pieces_correlate", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k)
     )
     return calls
 
@@ -145,7 +145,7 @@ def test_kernel_gradient_pieces_match_lax(config, chunked, monkeypatch):
     monkeypatch.setattr(_winograd, "GRADIENT_FEATURES", 1)
     if chunked:
         monkeypatch.setattr(_winograd, "GRADIENT_BYTES", 1)
-    calls = _counting_gradient_tiles(monkeypatch)
+    calls = _counting_pieces(monkeypatch)
     helpers._compiled.cache_clear()  # compile afresh under the patched bounds
     check_against_lax(dataclasses.replace(config, lowering="winograd"), jnp.float32)
     helpers._compiled.cache_clear()
@@ -157,7 +157,7 @@ def test_kernel_gradient_pieces_in_float64_and_bfloat16(dtype, monkeypatch, requ
     if dtype == jnp.float64:
         request.getfixturevalue("x64")
     monkeypatch.setattr(_winograd, "GRADIENT_FEATURES", 1)
-    calls = _counting_gradient_tiles(monkeypatch)
+    calls = _counting_pieces(monkeypatch)
     helpers._compiled.cache_clear()
     check_against_lax(dataclasses.replace(WINOGRAD[0], lowering="winograd"), dtype)
     helpers._compiled.cache_clear()
@@ -165,12 +165,20 @@ def test_kernel_gradient_pieces_in_float64_and_bfloat16(dtype, monkeypatch, requ
 
 
 @pytest.mark.parametrize(
-    "channels, pieces", [((128, 128), True), ((128, 64), False), ((64, 128), False)]
+    "spatial, channels, pieces",
+    [
+        ((4, 5), (128, 128), True),
+        ((4, 5), (128, 64), False),  # 64x64 matmuls: no faster than the taps'
+        ((4, 5), (64, 128), False),
+        ((2, 5), (128, 128), False),  # a 2-tap window: one piece, padded
+    ],
+    ids=str,
 )
-def test_kernel_gradient_takes_pieces_over_wide_features_only(channels, pieces, monkeypatch):
-    # Over 64 channels F(3, 2)'s 64x64 matmuls are no faster than the taps'.
-    calls = _counting_gradient_tiles(monkeypatch)
-    config = Config(1, (4, 5), (3, 3), *channels, padding="SAME", lowering="winograd")
+def test_kernel_gradient_takes_pieces_over_wide_features_and_windows_only(
+    spatial, channels, pieces, monkeypatch
+):
+    calls = _counting_pieces(monkeypatch)
+    config = Config(1, spatial, (3, 3), *channels, padding="SAME", lowering="winograd")
     params, x, ct = config.arrays(jnp.float32)
     dk = jconv.conv_grad_kernel(x, ct, params["kernel"].shape, **config.kwargs, lowering="winograd")
     assert bool(calls) == pieces
@@ -182,17 +190,40 @@ def test_kernel_gradient_takes_pieces_over_wide_features_only(channels, pieces, 
 
 
 def test_kernel_gradient_pieces_skip_outputs_that_read_only_padding(monkeypatch):
-    # One row under SAME padding: the kernel's outer rows only ever meet the
-    # padding, so their gradient is exactly zero; the pieces would leave their
+    # One row padded by 3 above: the kernel's first row only ever meets the
+    # padding, so its gradient is exactly zero; the pieces would leave their
     # neighbours' rounding there, so that kernel gradient keeps the taps.
     monkeypatch.setattr(_winograd, "GRADIENT_FEATURES", 1)
-    calls = _counting_gradient_tiles(monkeypatch)
-    config = Config(3, (1, 5), (3, 3), 2, 3, padding="SAME", lowering="winograd")
+    calls = _counting_pieces(monkeypatch)
+    config = Config(3, (1, 5), (3, 3), 2, 3, padding=((3, 1), (1, 1)), lowering="winograd")
     params, x, ct = config.arrays(jnp.float32)
     dk = jconv.conv_grad_kernel(x, ct, params["kernel"].shape, **config.kwargs, lowering="winograd")
     assert not calls
-    np.testing.assert_array_equal(dk[0::2], 0.0)
-    taller = dataclasses.replace(config, spatial=(2, 5))
-    params, x, ct = taller.arrays(jnp.float32)
-    jconv.conv_grad_kernel(x, ct, params["kernel"].shape, **taller.kwargs, lowering="winograd")
+    np.testing.assert_array_equal(dk[0], 0.0)
+    lower = dataclasses.replace(config, padding=((2, 2), (1, 1)))  # every row meets x
+    params, x, ct = lower.arrays(jnp.float32)
+    jconv.conv_grad_kernel(x, ct, params["kernel"].shape, **lower.kwargs, lowering="winograd")
+    assert calls
+
+
+def test_kernel_gradient_chunks_start_at_their_own_images(monkeypatch):
+    # Two images a chunk, two chunks: each chunk must read its own images.
+    monkeypatch.setattr(_winograd, "GRADIENT_FEATURES", 1)
+    # One image's transformed x: 16 positions x (4 x 3 pieces) x 4 channels x 4 bytes.
+    monkeypatch.setattr(_winograd, "GRADIENT_BYTES", 2 * 16 * 12 * 4 * 4)
+    calls = _counting_pieces(monkeypatch)
+    helpers._compiled.cache_clear()
+    config = Config(4, (7, 6), (3, 3), 4, 5, padding="SAME", lowering="winograd")
+    params, x, _ = config.arrays(jnp.float32)
+    ct = jnp.ones(config.x_shape[:-1] + (5,))
+    jaxpr = str(
+        jax.make_jaxpr(
+            lambda x, ct: jconv.conv_grad_kernel(
+                x, ct, params["kernel"].shape, **config.kwargs, lowering="winograd"
+            )
+        )(x, ct)
+    )
+    assert "while" in jaxpr or "scan" in jaxpr
+    check_against_lax(config, jnp.float32)
+    helpers._compiled.cache_clear()
     assert calls
