@@ -15,8 +15,8 @@ from jconv import _winograd
 from jconv._correlation import Correlation
 
 # 3-tap windows at unit stride: the forward and the input gradient take the
-# F(2, 3) tiles (the kernel gradient takes F(3, 2) pieces over wide features
-# only; see the tests below, which lower that bound). Odd and even outputs (a cropped last
+# F(2, 3) tiles, the kernel gradient F(3, 2) pieces (over wide features only;
+# the grid's tests lower that bound to 1). Odd and even outputs (a cropped last
 # tile), every padding kind, padding past the kernel (cropped before the tiles),
 # both layouts, 1-D to 3-D, a single image, bias or not.
 WINOGRAD = [
@@ -29,18 +29,31 @@ WINOGRAD = [
 ]
 
 
+def _check_with_pieces(config, dtype, monkeypatch):
+    """``check_against_lax`` under ``winograd`` with the kernel gradient's F(3, 2)
+    pieces forced (the channel bound lowered to 1), asserting they were taken."""
+    monkeypatch.setattr(_winograd, "GRADIENT_FEATURES", 1)
+    calls = _counting_pieces(monkeypatch)
+    helpers._compiled.cache_clear()  # compile afresh under the patched bound
+    try:
+        check_against_lax(dataclasses.replace(config, lowering="winograd"), dtype)
+    finally:
+        helpers._compiled.cache_clear()
+    assert calls, "the kernel gradient did not take the F(3, 2) pieces"
+
+
 @pytest.mark.parametrize("config", WINOGRAD, ids=str)
-def test_winograd_matches_lax(config):
-    check_against_lax(dataclasses.replace(config, lowering="winograd"), jnp.float32)
+def test_winograd_matches_lax(config, monkeypatch):
+    _check_with_pieces(config, jnp.float32, monkeypatch)
 
 
 @pytest.mark.parametrize("config", WINOGRAD[:3], ids=str)
-def test_winograd_matches_lax_in_float64(config, x64):
-    check_against_lax(dataclasses.replace(config, lowering="winograd"), jnp.float64)
+def test_winograd_matches_lax_in_float64(config, x64, monkeypatch):
+    _check_with_pieces(config, jnp.float64, monkeypatch)
 
 
-def test_winograd_in_bfloat16_matches_lax():
-    check_against_lax(dataclasses.replace(WINOGRAD[0], lowering="winograd"), jnp.bfloat16)
+def test_winograd_in_bfloat16_matches_lax(monkeypatch):
+    _check_with_pieces(WINOGRAD[0], jnp.bfloat16, monkeypatch)
 
 
 def test_winograd_batch_chunks_match_lax(monkeypatch):
@@ -133,35 +146,12 @@ def _counting_pieces(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize(
-    "config, chunked",
-    [(c, False) for c in WINOGRAD] + [(c, True) for c in WINOGRAD[:2] + WINOGRAD[4:5]],
-    ids=str,
-)
-def test_kernel_gradient_pieces_match_lax(config, chunked, monkeypatch):
-    # Every config of the grid, its kernel gradient by F(3, 2) pieces (the
-    # feature bound lowered to 1), whole; three (2-D, and 1-D channels-first)
+@pytest.mark.parametrize("config", WINOGRAD[:2] + WINOGRAD[4:5], ids=str)
+def test_kernel_gradient_pieces_in_one_image_chunks_match_lax(config, monkeypatch):
+    # Three configs of the grid (2-D, and 1-D channels-first) with the pieces
     # one forward image a chunk, summed in the loop.
-    monkeypatch.setattr(_winograd, "GRADIENT_FEATURES", 1)
-    if chunked:
-        monkeypatch.setattr(_winograd, "GRADIENT_BYTES", 1)
-    calls = _counting_pieces(monkeypatch)
-    helpers._compiled.cache_clear()  # compile afresh under the patched bounds
-    check_against_lax(dataclasses.replace(config, lowering="winograd"), jnp.float32)
-    helpers._compiled.cache_clear()
-    assert calls, "the kernel gradient did not take the F(3, 2) pieces"
-
-
-@pytest.mark.parametrize("dtype", [jnp.float64, jnp.bfloat16], ids=str)
-def test_kernel_gradient_pieces_in_float64_and_bfloat16(dtype, monkeypatch, request):
-    if dtype == jnp.float64:
-        request.getfixturevalue("x64")
-    monkeypatch.setattr(_winograd, "GRADIENT_FEATURES", 1)
-    calls = _counting_pieces(monkeypatch)
-    helpers._compiled.cache_clear()
-    check_against_lax(dataclasses.replace(WINOGRAD[0], lowering="winograd"), dtype)
-    helpers._compiled.cache_clear()
-    assert calls
+    monkeypatch.setattr(_winograd, "GRADIENT_BYTES", 1)
+    _check_with_pieces(config, jnp.float32, monkeypatch)
 
 
 @pytest.mark.parametrize(
