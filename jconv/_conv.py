@@ -144,9 +144,10 @@ def conv_forward(
             tiles for 3-tap windows at unit stride, undilated and ungrouped: the
             forward and input gradient of a dense 3x3 convolution; F(3, 2)
             pieces for its kernel gradient over >= 128 input and output
-            channels; as ``"auto"`` elsewhere, on every platform. Measured on CPU only: faster
-            over 64 and 256 channels, at more memory than autodiff: opt-in). Values
-            and the rules are the same; only speed and memory differ.
+            channels; as ``"auto"`` elsewhere, on every platform. Measured on
+            CPU only: faster over 64 and 256 channels, at more memory than
+            autodiff: opt-in). Values and the rules are the same; only speed
+            and memory differ.
 
     Returns:
         ``z`` of shape ``(N, *spatial_out, C_out)`` or ``(N, C_out, *spatial_out)``

@@ -33,7 +33,6 @@ import dataclasses
 import itertools
 import math
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -53,6 +52,7 @@ from ._terms import (
     padded_shape,
     positions_last,
     resized,
+    sum_of_chunks,
     tap_starts,
     term,
     term_counts,
@@ -236,16 +236,7 @@ def _chunked_sum(lhs, rhs, corr: Correlation, precision, by, window, outs, chunk
             rows = (i1 - i0, *window[1:])
             return _sum_of_terms(lhs_part, rhs_part, banded, precision, by, rows, outs)
 
-        # Every chunk inside the loop, the first one included: a first chunk
-        # summed before the loop (as the accumulator's start) depends on the
-        # forward input alone, so XLA:CPU's concurrency-minded scheduler built
-        # its im2col stacks during the forward pass and held them through the
-        # backward, one set per layer of a network (three 3x3 layers over 8
-        # images of 56x56x64: 59.8 MiB against autodiff's 49.0, now 45.5; 30.2
-        # against 15.3, now 19.6, for four over 16 of 28x28x32).
-        part = jax.eval_shape(chunk_sum, 0)
-        zeros = jnp.zeros(part.shape, part.dtype)
-        band_sum = lax.fori_loop(0, count, lambda i, acc: acc + chunk_sum(i * chunk), zeros)
+        band_sum = sum_of_chunks(chunk_sum, count, chunk)  # the first chunk in the loop too
         total = band_sum if total is None else total + band_sum
     return total
 

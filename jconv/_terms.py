@@ -117,6 +117,22 @@ def in_batch_chunks(f, lhs, chunk: int, corr: Correlation):
     return lax.fori_loop(0, count, step, out)
 
 
+def sum_of_chunks(part, count: int, chunk: int):
+    """``sum_i part(i * chunk)`` over ``count`` chunks, in one ``fori_loop``.
+
+    Every chunk is summed inside the loop, the first one included: a first
+    chunk summed before the loop (as the accumulator's start) depends on the
+    forward input alone, so XLA:CPU's concurrency-minded scheduler built its
+    temporaries (a kernel gradient's im2col stacks) during the forward pass and
+    held them through the backward, one set per layer of a network (three 3x3
+    layers over 8 images of 56x56x64: 59.8 MiB against autodiff's 49.0, now
+    45.5; 30.2 against 15.3, now 19.6, for four over 16 of 28x28x32).
+    """
+    shape = jax.eval_shape(part, 0)
+    zeros = jnp.zeros(shape.shape, shape.dtype)
+    return lax.fori_loop(0, count, lambda i, acc: acc + part(i * chunk), zeros)
+
+
 def interleave(phases, axes, dil, outs):
     """``out[p + d m] = phases[p][m]`` per axis, cropped to ``outs``."""
     arrays = dict(phases)

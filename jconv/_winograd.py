@@ -76,7 +76,6 @@ import dataclasses
 import itertools
 import math
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -86,6 +85,7 @@ from ._terms import (
     dynamic_slice_bits,
     in_batch_chunks,
     interleave,
+    sum_of_chunks,
     term_counts,
     window_slice,
 )
@@ -250,19 +250,11 @@ def _pieces_correlate(lhs, rhs, corr: Correlation, precision):
         )
         return jnp.einsum(spec, v, u, precision=precision, preferred_element_type=acc)
 
-    if count == 1:
-        m = products(0)
-    else:
-        zeros = jnp.zeros(jax.eval_shape(products, 0).shape, acc)
-        m = lax.fori_loop(0, count, lambda i, m: m + products(i * chunk), zeros)
+    m = products(0) if count == 1 else sum_of_chunks(products, count, chunk)
     m = m.reshape(*(4,) * d, *m.shape[1:])
     out = jnp.stack(list(_transformed(lambda j: m[j], G_T, d).values()))
     out = out.reshape(*(3,) * d, *m.shape[d:])  # (*outputs, B, O)
-    order = [0] * out.ndim  # out axes <- (*outputs, B, O)
-    order[corr.out_axes[0]], order[corr.out_axes[1]] = d, d + 1
-    for i, a in enumerate(corr.out_axes[2:]):
-        order[a] = i
-    return jnp.transpose(out, order).astype(lhs.dtype)
+    return _laid_out(out, (d, d + 1, *range(d)), corr).astype(lhs.dtype)
 
 
 def _input_transform(lhs, corr: Correlation, tiles):
@@ -323,8 +315,13 @@ def _output_transform(m, corr: Correlation, outs):
     sp = corr.lhs_axes[2:]
     m = m.reshape(*(4,) * len(sp), *m.shape[1:])
     phases = _transformed(lambda j: m[j], A_T, len(sp))  # output 2t + r of each tile
-    out = interleave(phases, sp, (2,) * len(sp), outs)
-    order = [0] * out.ndim  # lhs roles -> out axes
-    for role_lhs, role_out in zip(corr.lhs_axes, corr.out_axes, strict=True):
-        order[role_out] = role_lhs
+    return _laid_out(interleave(phases, sp, (2,) * len(sp), outs), corr.lhs_axes, corr)
+
+
+def _laid_out(out, axes, corr: Correlation):
+    """``out``, whose (batch, feature, *spatial) roles sit on ``axes``, transposed
+    to ``corr.out_axes``."""
+    order = [0] * out.ndim
+    for axis, role_out in zip(axes, corr.out_axes, strict=True):
+        order[role_out] = axis
     return out if order == list(range(out.ndim)) else jnp.transpose(out, order)
