@@ -29,7 +29,12 @@ rarely lands where some code paths apply. This draws only from one domain:
   them one image per batch chunk: tap-major products summed at once or one
   window axis at a time, and side by side (wide lhs, or dilated: the phased
   sums). The run reports how many correlations took tap-major products and how
-  many of those the separable sum.
+  many of those the separable sum;
+- ``rows``: ``lowering="auto"`` on one-input-channel 1-D to 3-D convolutions of
+  1-6 output features, strides 1-3, dilations 1-2, every padding form, both
+  layouts, with the kernel gradient's rows form forced (``_rows``' bounds
+  lifted), half of them one image per batch chunk. The run reports how many
+  kernel gradients took it (those in positions mode).
 
 Each is checked with the test suite's ``check_against_lax`` (values and all
 gradients, elementwise, scaled tolerance)::
@@ -39,11 +44,13 @@ gradients, elementwise, scaled tolerance)::
     python experiments/random_checks.py --domain cpu_xla --configs 150 --seed 31 --dtype float64
     python experiments/random_checks.py --domain bands --configs 150 --seed 41 --dtype float64
     python experiments/random_checks.py --domain scatter --configs 150 --seed 51 --dtype float64
+    python experiments/random_checks.py --domain rows --configs 150 --seed 61 --dtype float64
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -54,7 +61,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import Config, _compiled, check_against_lax  # noqa: E402
 
-from jconv import _cpu_xla, _fold, _regions, _scatter, _taps, _winograd  # noqa: E402
+from jconv import _cpu_xla, _fold, _regions, _rows, _scatter, _taps, _winograd  # noqa: E402
 from jconv.testing._config import sample_config  # noqa: E402
 
 SIZES = {1: 13, 2: 9, 3: 6}  # exclusive upper bound of a spatial size
@@ -137,6 +144,14 @@ def draw_bands(rng) -> Config:
     return _taps_config(rng, (4, 4, 4), lambda window: 3, channels)
 
 
+def draw_rows(rng) -> Config:
+    def channels():
+        return 1, int(rng.integers(1, 7)), 1
+
+    config = _taps_config(rng, (6, 5, 4), lambda window: 2 * max(window), channels)
+    return dataclasses.replace(config, lowering="auto")
+
+
 def _taps_config(rng, window_end, extra, channels) -> Config:
     """A ``lowering="taps"`` config: 1-D to 3-D, windows below ``window_end[nd -
     1]``, strides 1-3, dilations 1-2, sizes below ``SIZES[nd] + extra(window)``,
@@ -169,7 +184,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--domain",
-        choices=["winograd", "regions", "cpu_xla", "bands", "scatter"],
+        choices=["winograd", "regions", "cpu_xla", "bands", "scatter", "rows"],
         default="winograd",
     )
     parser.add_argument("--configs", type=int, default=100)
@@ -216,8 +231,18 @@ def main() -> int:
     tap_major_counts = [0, 0]
     scatter_bytes = _scatter.TAP_MAJOR_BYTES, _scatter.SCATTER_BYTES
     chunk_bytes = _cpu_xla.CHUNK_BYTES
+    rows, rows_correlate, rows_bytes = set(), _rows.rows_correlate, _rows.ROWS_BYTES
+
+    def counted_rows(lhs, rhs, corr, *args, **kwargs):
+        rows.add((lhs.shape, rhs.shape, corr))
+        return rows_correlate(lhs, rhs, corr, *args, **kwargs)
+
+    _rows.rows_correlate = counted_rows
+    rows_count = 0
     if args.domain == "regions":
         _regions.REGION_BYTES = 0  # regions on inputs of any size
+    if args.domain == "rows":  # the rows form wherever it can run
+        _rows.ROWS_WASTE, _rows.ROWS_MIN_ROWS, _rows.ROWS_FEATURES = 10**6, 0, 10**6
     for _ in range(args.configs):
         if args.domain == "winograd":
             config = draw_winograd(rng)
@@ -240,6 +265,9 @@ def main() -> int:
             one_each = bool(rng.integers(0, 2))  # one image a chunk
             _scatter.TAP_MAJOR_BYTES = 1 if one_each else scatter_bytes[0]
             _scatter.SCATTER_BYTES = 1 if one_each else scatter_bytes[1]
+        elif args.domain == "rows":
+            config = draw_rows(rng)
+            _rows.ROWS_BYTES = 1 if rng.integers(0, 2) else rows_bytes  # one image a chunk
         else:
             config = draw_regions(rng)
         _compiled.cache_clear()  # compile afresh under this budget
@@ -254,10 +282,13 @@ def main() -> int:
             tap_major[i].clear()
         pieces_count += len(pieces)
         pieces.clear()
+        rows_count += len(rows)
+        rows.clear()
     what = f"{args.domain}, {args.dtype}, seed {args.seed}"
     took = f"; {routed[0]} compiled programs took the cpu_xla route" if routed[0] else ""
     took += f"; {banded[0]} kernel gradients took row bands" if banded[0] else ""
     took += f"; {pieces_count} kernel gradients took F(3, 2) pieces" if pieces_count else ""
+    took += f"; {rows_count} kernel gradients took the rows form" if rows_count else ""
     if tap_major_counts[0]:
         took += f"; {tap_major_counts[0]} correlations took tap-major products"
         took += f", {tap_major_counts[1]} of them the separable sum"

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from . import _cpu_xla, _placed, _taps, _terms, _winograd
+from . import _cpu_xla, _placed, _rows, _taps, _terms, _winograd
 from ._correlation import Correlation, accumulation_dtype
 
 # The taps lowering unrolls one einsum per term; beyond this many it stays XLA's.
@@ -47,7 +47,9 @@ def correlate(lhs, rhs, corr: Correlation, precision=None, lowering: str = "auto
             :func:`_winograd.applies`; as ``"auto"`` elsewhere) or ``"auto"``:
             on CPU, taps where XLA:CPU's convolution is slow
             (:func:`_taps_pays_on_cpu`: grouped and depthwise correlations,
-            most kernel gradients, thin input gradients), dense channels-last 2-D
+            most kernel gradients, thin input gradients), one-channel kernel
+            gradients of small images as one matmul over whole rows
+            (``_rows.py``), dense channels-last 2-D
             forwards and input gradients as XLA's convolution with extra
             output rows, which XLA:CPU runs on every core (``_cpu_xla.py``);
             XLA's convolution (cuDNN on GPU) everywhere else. ``"auto"`` does
@@ -79,6 +81,9 @@ def correlate(lhs, rhs, corr: Correlation, precision=None, lowering: str = "auto
         return winograd(lhs, rhs)
     if _taps_pays_on_cpu(lhs.shape, rhs.shape, corr, lhs.dtype.itemsize):
         return lax.platform_dependent(lhs, rhs, cpu=taps, default=xla)
+    if _rows.applies(lhs.shape, rhs.shape, corr, lhs.dtype.itemsize):
+        rows = functools.partial(_rows.rows_correlate, corr=corr, precision=precision)
+        return lax.platform_dependent(lhs, rhs, cpu=rows, default=xla)
     if _cpu_xla.applies(lhs, rhs, corr):
         every_core = functools.partial(
             _cpu_xla.cpu_xla_correlate,

@@ -154,6 +154,15 @@ def interleave(phases, axes, dil, outs):
     )
 
 
+def laid_out(out, axes, corr: Correlation):
+    """``out``, whose (batch, feature, *spatial) roles sit on ``axes``, transposed
+    to ``corr.out_axes``."""
+    order = [0] * out.ndim
+    for axis, role_out in zip(axes, corr.out_axes, strict=True):
+        order[role_out] = axis
+    return out if order == list(range(out.ndim)) else jnp.transpose(out, order)
+
+
 def resized(shape, axes, sizes) -> tuple[int, ...]:
     """``shape`` with each of ``axes`` given the matching size of ``sizes``."""
     shape = list(shape)

@@ -85,6 +85,7 @@ from ._terms import (
     dynamic_slice_bits,
     in_batch_chunks,
     interleave,
+    laid_out,
     sum_of_chunks,
     term_counts,
     window_slice,
@@ -254,7 +255,7 @@ def _pieces_correlate(lhs, rhs, corr: Correlation, precision):
     m = m.reshape(*(4,) * d, *m.shape[1:])
     out = jnp.stack(list(_transformed(lambda j: m[j], G_T, d).values()))
     out = out.reshape(*(3,) * d, *m.shape[d:])  # (*outputs, B, O)
-    return _laid_out(out, (d, d + 1, *range(d)), corr).astype(lhs.dtype)
+    return laid_out(out, (d, d + 1, *range(d)), corr).astype(lhs.dtype)
 
 
 def _input_transform(lhs, corr: Correlation, tiles):
@@ -315,13 +316,4 @@ def _output_transform(m, corr: Correlation, outs):
     sp = corr.lhs_axes[2:]
     m = m.reshape(*(4,) * len(sp), *m.shape[1:])
     phases = _transformed(lambda j: m[j], A_T, len(sp))  # output 2t + r of each tile
-    return _laid_out(interleave(phases, sp, (2,) * len(sp), outs), corr.lhs_axes, corr)
-
-
-def _laid_out(out, axes, corr: Correlation):
-    """``out``, whose (batch, feature, *spatial) roles sit on ``axes``, transposed
-    to ``corr.out_axes``."""
-    order = [0] * out.ndim
-    for axis, role_out in zip(axes, corr.out_axes, strict=True):
-        order[role_out] = axis
-    return out if order == list(range(out.ndim)) else jnp.transpose(out, order)
+    return laid_out(interleave(phases, sp, (2,) * len(sp), outs), corr.lhs_axes, corr)
