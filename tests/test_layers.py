@@ -147,6 +147,29 @@ def test_max_pool_tie_rule_first_maximum_in_row_major_order():
         np.testing.assert_array_equal(ours, ref)
 
 
+def test_max_pool_backward_keeps_only_the_first_maxima():
+    # The rule's residual is each window's first-maximum offset, computed with
+    # the forward (uint8 up to 255 window entries, int32 beyond): the backward
+    # reads it and dz, never x, so XLA cannot recompute x's producer there.
+    from jconv import _pool
+
+    for window, dtype in [((2, 3), jnp.uint8), ((16, 16), jnp.int32)]:
+        x = _normal(2, 16, 18, 3)
+        geom = _pool.pool_geometry(x.shape, window, None, "VALID", "channels_last", "test")
+        z, first = _pool._max_pool_fwd(x, geom)
+        assert first.dtype == dtype and first.shape == z.shape
+        ct = _normal(*z.shape)
+        ours = jax.vjp(lambda x, w=window: jconv.max_pool(x, w), x)[1](ct)[0]
+        lax_g = jax.vjp(lambda x, w=window: autodiff.max_pool(x, w), x)[1](ct)[0]
+        np.testing.assert_array_equal(ours, lax_g)
+
+
+def test_max_pool_window_holding_nan_sends_no_gradient():
+    x = jnp.array([[1.0, jnp.nan, 0.0, 2.0], [0.5, 0.0, 3.0, 1.0]]).reshape(1, 2, 4, 1)
+    g = jax.grad(lambda x: jnp.sum(jnp.nan_to_num(jconv.max_pool(x, 2))))(x)[0, :, :, 0]
+    np.testing.assert_array_equal(g, [[0, 0, 0, 0], [0, 0, 1, 0]])
+
+
 def test_pools_under_vmap_jit_and_second_order(x64):
     x = _normal(3, 2, 6, 6, 2, dtype=jnp.float64)
     per = jax.vmap(jax.grad(lambda x: jnp.sum(jconv.max_pool(x, 2) ** 2)))(x)
