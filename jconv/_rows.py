@@ -49,9 +49,9 @@ from jax import lax
 
 from ._correlation import Correlation, accumulation_dtype
 from ._terms import (
+    batch_chunk,
     dense,
     divisor_within,
-    dynamic_slice_bits,
     laid_out,
     pad,
     sum_of_chunks,
@@ -130,13 +130,14 @@ def rows_correlate(lhs, rhs, corr: Correlation, precision=None):
     # backward pass reaches it rather than during the forward.
     lhs, rhs = lax.optimization_barrier((lhs, rhs))
 
-    def part(start):
-        lhs_part = dynamic_slice_bits(lhs, start, chunk, lf)
-        rhs_part = dynamic_slice_bits(rhs, start, chunk, ri)
+    count = lhs.shape[lf] // chunk
+
+    def part(i):
+        lhs_part = batch_chunk(lhs, i, count, lf)
+        rhs_part = batch_chunk(rhs, i, count, ri)
         return _diagonals(_crossed(lhs_part, rhs_part, corr, precision, acc), corr, window, outs)
 
-    count = lhs.shape[lf] // chunk
-    out = part(0) if count == 1 else sum_of_chunks(part, count, chunk)
+    out = part(0) if count == 1 else sum_of_chunks(part, count)
     return out.astype(lhs.dtype)
 
 

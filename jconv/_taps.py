@@ -42,9 +42,9 @@ from ._placed import placed_chunk, placed_positions, places
 from ._regions import region_cuts, region_sum
 from ._scatter import THIN, scatter_sum
 from ._terms import (
+    batch_chunk,
     dense,
     divisor_within,
-    dynamic_slice_bits,
     entry_bytes,
     in_batch_chunks,
     kernel_tap,
@@ -225,9 +225,9 @@ def _chunked_sum(lhs, rhs, corr: Correlation, precision, by, window, outs, chunk
     total = None
     for band in row_bands(lhs.shape, rhs.shape, corr, by, chunk, lhs.dtype.itemsize):
 
-        def chunk_sum(start, band=band):
-            lhs_part = dynamic_slice_bits(lhs, start, chunk, lf)
-            rhs_part = dynamic_slice_bits(rhs, start, chunk, ri)
+        def chunk_sum(i, band=band):
+            lhs_part = batch_chunk(lhs, i, count, lf)
+            rhs_part = batch_chunk(rhs, i, count, ri)
             if band is None:
                 return _sum_of_terms(lhs_part, rhs_part, corr, precision, by, window, outs)
             (a, b), (i0, i1), banded = band
@@ -236,7 +236,7 @@ def _chunked_sum(lhs, rhs, corr: Correlation, precision, by, window, outs, chunk
             rows = (i1 - i0, *window[1:])
             return _sum_of_terms(lhs_part, rhs_part, banded, precision, by, rows, outs)
 
-        band_sum = sum_of_chunks(chunk_sum, count, chunk)  # the first chunk in the loop too
+        band_sum = sum_of_chunks(chunk_sum, count)  # the first chunk in the loop too
         total = band_sum if total is None else total + band_sum
     return total
 

@@ -81,8 +81,8 @@ from jax import lax
 
 from ._correlation import Correlation, accumulation_dtype
 from ._terms import (
+    batch_chunk,
     divisor_within,
-    dynamic_slice_bits,
     in_batch_chunks,
     interleave,
     laid_out,
@@ -239,9 +239,9 @@ def _pieces_correlate(lhs, rhs, corr: Correlation, precision):
     chunk = divisor_within(lhs.shape[0], GRADIENT_BYTES // entry)
     count = lhs.shape[0] // chunk
 
-    def products(start):
-        x = dynamic_slice_bits(lhs, start, chunk, 0).astype(acc)
-        h = dynamic_slice_bits(rhs, start, chunk, 0).astype(acc)
+    def products(i):
+        x = batch_chunk(lhs, i, count, 0).astype(acc)
+        h = batch_chunk(rhs, i, count, 0).astype(acc)
         h = lax.pad(h, jnp.zeros((), acc), dz_pads)
         v = _input_transform(x, last, pieces)  # (4**d, chunk, *pieces, B)
         u = jnp.stack(  # (4**d, chunk, *pieces, O): A h of every piece
@@ -251,7 +251,7 @@ def _pieces_correlate(lhs, rhs, corr: Correlation, precision):
         )
         return jnp.einsum(spec, v, u, precision=precision, preferred_element_type=acc)
 
-    m = products(0) if count == 1 else sum_of_chunks(products, count, chunk)
+    m = products(0) if count == 1 else sum_of_chunks(products, count)
     m = m.reshape(*(4,) * d, *m.shape[1:])
     out = jnp.stack(list(_transformed(lambda j: m[j], G_T, d).values()))
     out = out.reshape(*(3,) * d, *m.shape[d:])  # (*outputs, B, O)

@@ -50,6 +50,23 @@ def test_data_parallel_train_step_equals_single_device():
     assert len(new_params["conv1"]["kernel"].sharding.device_set) == 4  # replicated
 
 
+def test_data_parallel_step_gathers_no_batch():
+    # The kernel gradients' batch-chunk loops take interleaved chunks
+    # (``_terms.batch_chunk``), which the batch's sharding does not split: each
+    # device loops over its own images. Contiguous chunks made XLA's SPMD
+    # partitioner gather the whole batch onto every device (two all-gathers of
+    # 64 images here), so that each computed every image's gradient.
+    params = models.lenet_init(jax.random.key(0), (28, 28, 1))
+    optimizer = optax.sgd(0.1)
+    step, _, _ = _train.make_functions(optimizer, models.JCONV_OPS)
+    dp = _train.DataParallel(4)
+    x, y = _batch(64, (28, 28, 1))
+    state = dp.replicate({"p": params, "o": optimizer.init(params)})
+    text = step.lower(state["p"], state["o"], dp.shard(x), dp.shard(y)).compile().as_text()
+    assert " while(" in text  # a chunk loop is there
+    assert "all-gather(" not in text
+
+
 def test_shard_map_with_explicit_pmean_equals_single_device():
     params = models.lenet_init(jax.random.key(0), (8, 8, 1))
     x, y = _batch()
