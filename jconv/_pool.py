@@ -99,9 +99,14 @@ def pool_geometry(x_shape, window, stride, padding, layout, where) -> PoolGeomet
     return PoolGeometry(tuple(x_shape), tuple(out), spatial, window, stride, pads)
 
 
+def _offsets(geom: PoolGeometry):
+    """The window offsets ``k``, in row-major order (the tie rule's order)."""
+    return itertools.product(*(range(w) for w in geom.window))
+
+
 def _offset_slices(xp, geom: PoolGeometry):
     """Yields ``(k, Xp[i s + k] for every output i)`` per window offset, row-major."""
-    for k in itertools.product(*(range(w) for w in geom.window)):
+    for k in _offsets(geom):
         starts, limits, strides = [0] * xp.ndim, list(xp.shape), [1] * xp.ndim
         for axis, kk, s in zip(geom.spatial_axes, k, geom.stride, strict=True):
             starts[axis], strides[axis] = kk, s
@@ -191,9 +196,8 @@ def _first_maxima(x, z, geom: PoolGeometry):
 
 def _max_rule(dz, first, geom: PoolGeometry):
     """The max rule: each window's ``dZ`` goes to its first maximal entry."""
-    offsets = itertools.product(*(range(w) for w in geom.window))
     zero = jnp.zeros((), dz.dtype)
-    shares = [(k, jnp.where(first == n, dz, zero)) for n, k in enumerate(offsets)]
+    shares = [(k, jnp.where(first == n, dz, zero)) for n, k in enumerate(_offsets(geom))]
     return _scatter_all(shares, geom)
 
 
@@ -218,8 +222,7 @@ _avg_pool.defvjp(_avg_pool_fwd, _avg_pool_bwd)
 def _avg_rule(dz, geom: PoolGeometry):
     """The avg rule: every entry of a window gets ``dZ / prod(window)``."""
     share = dz / jnp.asarray(math.prod(geom.window), dz.dtype)
-    offsets = itertools.product(*(range(w) for w in geom.window))
-    return _scatter_all([(k, share) for k in offsets], geom)
+    return _scatter_all([(k, share) for k in _offsets(geom)], geom)
 
 
 _POOL_ARGS = """

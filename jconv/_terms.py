@@ -96,7 +96,12 @@ def batch_chunk(a, i, count: int, axis: int):
     3,500-3,700 now, each device computing the whole batch's kernel gradients). An interleaved chunk
     is a slice of the minor axis of ``(size / count, count)``, which a sharding
     of whole blocks does not split: each device loops over its own entries.
-    Sliced as bits (:func:`dynamic_slice_bits`).
+    That holds while chunks keep several entries per device: over 4 forced
+    host devices and 64 images, the LeNet step's kernel-gradient chunks of 4
+    images (one a device; budgets of 1-3 images of the second layer's input)
+    had the partitioner shard the ``count`` axis instead and gather again;
+    the default budgets' chunks do not. Sliced as bits
+    (:func:`dynamic_slice_bits`).
     """
     if count == 1:
         return a

@@ -59,12 +59,18 @@ def test_data_parallel_step_gathers_no_batch():
     params = models.lenet_init(jax.random.key(0), (28, 28, 1))
     optimizer = optax.sgd(0.1)
     step, _, _ = _train.make_functions(optimizer, models.JCONV_OPS)
-    dp = _train.DataParallel(4)
     x, y = _batch(64, (28, 28, 1))
+    single = jax.tree.map(
+        np.asarray, step(jax.tree.map(jnp.copy, params), optimizer.init(params), x, y)
+    )
+    dp = _train.DataParallel(4)
     state = dp.replicate({"p": params, "o": optimizer.init(params)})
-    text = step.lower(state["p"], state["o"], dp.shard(x), dp.shard(y)).compile().as_text()
+    xs, ys = dp.shard(x), dp.shard(y)
+    text = step.lower(state["p"], state["o"], xs, ys).compile().as_text()
     assert " while(" in text  # a chunk loop is there
-    assert "all-gather(" not in text
+    for collective in ("all-gather(", "all-to-all(", "collective-permute("):
+        assert collective not in text, collective
+    _close(step(state["p"], state["o"], xs, ys)[3], single[3], rtol=1e-4)  # the gradients
 
 
 def test_shard_map_with_explicit_pmean_equals_single_device():

@@ -10,7 +10,7 @@ from jax import lax
 from jax.test_util import check_grads
 
 import jconv
-from jconv import autodiff, reference
+from jconv import _pool, autodiff, reference
 
 RNG = np.random.default_rng(0)
 
@@ -149,25 +149,32 @@ def test_max_pool_tie_rule_first_maximum_in_row_major_order():
 
 def test_max_pool_backward_keeps_only_the_first_maxima():
     # The rule's residual is each window's first-maximum offset, computed with
-    # the forward (uint8 up to 255 window entries, int32 beyond): the backward
-    # reads it and dz, never x, so XLA cannot recompute x's producer there.
-    from jconv import _pool
-
-    for window, dtype in [((2, 3), jnp.uint8), ((16, 16), jnp.int32)]:
-        x = _normal(2, 16, 18, 3)
-        geom = _pool.pool_geometry(x.shape, window, None, "VALID", "channels_last", "test")
-        z, first = _pool._max_pool_fwd(x, geom)
-        assert first.dtype == dtype and first.shape == z.shape
-        ct = _normal(*z.shape)
-        ours = jax.vjp(lambda x, w=window: jconv.max_pool(x, w), x)[1](ct)[0]
-        lax_g = jax.vjp(lambda x, w=window: autodiff.max_pool(x, w), x)[1](ct)[0]
-        np.testing.assert_array_equal(ours, lax_g)
+    # the forward: the backward reads it and dz, never x, so XLA cannot
+    # recompute x's producer there. uint8 up to 255 window entries:
+    x = _normal(2, 16, 18, 3)
+    geom = _pool.pool_geometry(x.shape, (2, 3), None, "VALID", "channels_last", "test")
+    z, residual = _pool._max_pool_fwd(x, geom)  # the custom_vjp's residual, whole
+    assert isinstance(residual, jax.Array)
+    assert (residual.shape, residual.dtype) == (z.shape, jnp.uint8)
+    ct = _normal(*z.shape)
+    ours = jax.vjp(lambda x: jconv.max_pool(x, (2, 3)), x)[1](ct)[0]
+    np.testing.assert_array_equal(
+        ours, jax.vjp(lambda x: autodiff.max_pool(x, (2, 3)), x)[1](ct)[0]
+    )
+    # int32 beyond: one window of 256 entries
+    x = _normal(1, 300, 1)
+    geom = _pool.pool_geometry(x.shape, 256, None, "VALID", "channels_last", "test")
+    _, first = jax.jit(_pool._max_pool_fwd, static_argnums=1)(x, geom)
+    assert first.dtype == jnp.int32 and int(first.ravel()[0]) == int(jnp.argmax(x[0, :256, 0]))
 
 
 def test_max_pool_window_holding_nan_sends_no_gradient():
+    # Its maximum is NaN, which no entry equals: no first maximum, no share.
     x = jnp.array([[1.0, jnp.nan, 0.0, 2.0], [0.5, 0.0, 3.0, 1.0]]).reshape(1, 2, 4, 1)
-    g = jax.grad(lambda x: jnp.sum(jnp.nan_to_num(jconv.max_pool(x, 2))))(x)[0, :, :, 0]
-    np.testing.assert_array_equal(g, [[0, 0, 0, 0], [0, 0, 1, 0]])
+    geom = _pool.pool_geometry(x.shape, 2, None, "VALID", "channels_last", "test")
+    np.testing.assert_array_equal(_pool._max_pool_fwd(x, geom)[1].ravel(), [4, 2])
+    g = jax.vjp(lambda x: jconv.max_pool(x, 2), x)[1](jnp.ones((1, 1, 2, 1)))[0]
+    np.testing.assert_array_equal(g[0, :, :, 0], [[0, 0, 0, 0], [0, 0, 1, 0]])
 
 
 def test_pools_under_vmap_jit_and_second_order(x64):

@@ -14,7 +14,7 @@ from helpers import Config
 from test_equivalence import GRID
 
 import jconv
-from jconv import _bench, _correlate, _fold, _placed, _regions, _scatter, _taps
+from jconv import _bench, _correlate, _fold, _placed, _regions, _scatter, _taps, _terms
 from jconv._correlation import Correlation
 from jconv._spec import LOWERINGS
 
@@ -796,3 +796,22 @@ def test_bench_chained_step_waits_for_the_forward(tmp_path):
     )
     assert report["chained"] and report["rows"][0]["jconv_fwd_bwd_s"] > 0
     assert "chained step" in _bench.markdown(report)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 6])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=str)
+def test_in_batch_chunks_place_interleaved_chunks_back(chunk, dtype):
+    # The batch on lhs axis 1 and output axis 2 (neither major): chunk i holds
+    # entries i, i + count, ... (_terms.batch_chunk), and each entry's result
+    # must land at its own index. f doubles its entries and adds their index.
+    lhs = jnp.arange(4 * 6 * 5, dtype=jnp.float32).reshape(4, 6, 5).astype(dtype)
+    corr = Correlation((1, 0, 2), (0, 1, 2), (2, 0, 1), (1,), ((0, 0),), (1,), (1,))
+
+    def f(part):  # (4, chunk, 5) -> (5, 4, chunk)
+        return jnp.transpose(2 * part + part[:1, :, :1], (2, 0, 1))
+
+    out = _terms.in_batch_chunks(f, lhs, chunk, corr)
+    np.testing.assert_array_equal(out, f(lhs))
+    count = 6 // chunk
+    for i in range(count):  # and the chunks themselves, on the batch axis
+        np.testing.assert_array_equal(_terms.batch_chunk(lhs, i, count, 1), lhs[:, i::count])
