@@ -54,9 +54,11 @@ def check_params(params: Any, where: str) -> tuple[jax.Array, jax.Array | None]:
 
 
 def check_shape(shape: Any, name: str, where: str) -> tuple[int, ...]:
-    """A shape given as a sequence of non-negative ints."""
+    """A shape given as a sequence of non-negative ints (or symbolic dims, under
+    ``jax.export``'s shape polymorphism)."""
     if not isinstance(shape, Sequence) or not all(
-        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape
+        jax.export.is_symbolic_dim(s) or (isinstance(s, int) and not isinstance(s, bool) and s >= 0)
+        for s in shape
     ):
         raise TypeError(f"{where}: {name} must be a sequence of non-negative ints, got {shape!r}")
     return tuple(shape)

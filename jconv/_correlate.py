@@ -71,6 +71,11 @@ def correlate(lhs, rhs, corr: Correlation, precision=None, lowering: str = "auto
         return jnp.zeros(shape, lhs.dtype)
     lhs, corr = cropped
     xla = functools.partial(_hazard_free_xla_conv, corr=corr, precision=precision)
+    if not all(isinstance(d, int) for d in (*lhs.shape, *rhs.shape)):
+        # Symbolic dims (``jax.export`` shape polymorphism): the lowerings size
+        # their chunks and pick their modes from concrete shapes; XLA's
+        # convolution takes any.
+        return xla(lhs, rhs)
     taps = functools.partial(_taps.taps_correlate, corr=corr, precision=precision)
     winograd = functools.partial(_winograd.winograd_correlate, corr=corr, precision=precision)
     if lowering == "xla":

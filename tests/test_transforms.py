@@ -172,3 +172,28 @@ def test_saved_residuals_report_only_the_arguments(capsys):
     assert sorted(lines) == sorted(
         ["f32[3,3,4,7] from the argument p['kernel']", "f32[2,9,8,4] from the argument x"]
     ), lines
+
+
+def test_export_with_a_symbolic_batch():
+    # jax.export's shape polymorphism: the training step of jconv's LeNet
+    # (convolutions, max pools, dense layers, the loss) exported once for any
+    # batch, run for two. Correlations with a symbolic dim go to XLA's
+    # convolution (the CPU lowerings choose and chunk from concrete shapes).
+    params = jconv.models.lenet_init(jax.random.key(0), (28, 28, 1), channels=(6, 8))
+
+    def loss(p, x, y):
+        return jconv.softmax_cross_entropy(jconv.models.lenet_apply(p, x), y)
+
+    step = jax.jit(jax.value_and_grad(loss))
+    (b,) = jax.export.symbolic_shape("b")
+    specs = (
+        jax.ShapeDtypeStruct((b, 28, 28, 1), jnp.float32),
+        jax.ShapeDtypeStruct((b,), jnp.int32),
+    )
+    exported = jax.export.export(step, platforms=("cpu",))(params, *specs)
+    for n in (3, 5):
+        x = jax.random.normal(jax.random.key(n), (n, 28, 28, 1))
+        y = jnp.arange(n) % 10
+        chex.assert_trees_all_close(
+            exported.call(params, x, y), step(params, x, y), rtol=1e-4, atol=1e-6
+        )
