@@ -128,10 +128,6 @@ def rows_correlate(lhs, rhs, corr: Correlation, precision=None):
     rows = math.prod(outs[:-1]) * math.prod(window[:-1]) * _last_extent(window, outs, corr)
     chunk = divisor_within(lhs.shape[lf], ROWS_BYTES // (rows * lhs.dtype.itemsize))  # >= 1
 
-    # The stack reads the lhs alone; tied to the rhs, it is built when the
-    # backward pass reaches it rather than during the forward.
-    lhs, rhs = lax.optimization_barrier((lhs, rhs))
-
     count = lhs.shape[lf] // chunk
 
     def part(i):
@@ -139,8 +135,7 @@ def rows_correlate(lhs, rhs, corr: Correlation, precision=None):
         rhs_part = batch_chunk(rhs, i, count, ri)
         return _diagonals(_crossed(lhs_part, rhs_part, corr, precision, acc), corr, window, outs)
 
-    out = part(0) if count == 1 else sum_of_chunks(part, count)
-    return out.astype(lhs.dtype)
+    return sum_of_chunks(part, count).astype(lhs.dtype)
 
 
 def _crossed(lhs, rhs, corr: Correlation, precision, acc):

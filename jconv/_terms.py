@@ -93,9 +93,10 @@ def batch_chunk(a, i, count: int, axis: int):
     contiguous chunks reads each chunk from one device, and XLA's SPMD
     partitioner gathered the whole batch onto every device for it (the LeNet
     train step over two forced host devices: 1,600-1,900 images/s against
-    3,500-3,700 now, each device computing the whole batch's kernel gradients). An interleaved chunk
-    is a slice of the minor axis of ``(size / count, count)``, which a sharding
-    of whole blocks does not split: each device loops over its own entries.
+    3,500-3,700 now, each device computing the whole batch's kernel
+    gradients). An interleaved chunk is a slice of the minor axis of ``(size /
+    count, count)``, which a sharding of whole blocks does not split: each
+    device loops over its own entries.
     That holds while chunks keep several entries per device: over 4 forced
     host devices and 64 images, the LeNet step's kernel-gradient chunks of 4
     images (one a device; budgets of 1-3 images of the second layer's input)
@@ -147,7 +148,8 @@ def in_batch_chunks(f, lhs, chunk: int, corr: Correlation):
 
 
 def sum_of_chunks(part, count: int):
-    """``sum_i part(i)`` over ``count`` chunks, in one ``fori_loop``.
+    """``sum_i part(i)`` over ``count`` chunks, in one ``fori_loop`` (one chunk:
+    ``part(0)``, no loop).
 
     Every chunk is summed inside the loop, the first one included: a first
     chunk summed before the loop (as the accumulator's start) depends on the
@@ -157,6 +159,8 @@ def sum_of_chunks(part, count: int):
     layers over 8 images of 56x56x64: 59.8 MiB against autodiff's 49.0, now
     45.5; 30.2 against 15.3, now 19.6, for four over 16 of 28x28x32).
     """
+    if count == 1:
+        return part(0)
     shape = jax.eval_shape(part, 0)
     zeros = jnp.zeros(shape.shape, shape.dtype)
     return lax.fori_loop(0, count, lambda i, acc: acc + part(i), zeros)

@@ -251,7 +251,7 @@ def _pieces_correlate(lhs, rhs, corr: Correlation, precision):
         )
         return jnp.einsum(spec, v, u, precision=precision, preferred_element_type=acc)
 
-    m = products(0) if count == 1 else sum_of_chunks(products, count)
+    m = sum_of_chunks(products, count)
     m = m.reshape(*(4,) * d, *m.shape[1:])
     out = jnp.stack(list(_transformed(lambda j: m[j], G_T, d).values()))
     out = out.reshape(*(3,) * d, *m.shape[d:])  # (*outputs, B, O)
