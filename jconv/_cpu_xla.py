@@ -27,7 +27,7 @@ plain correlation (no output or window dim already larger than the input).
 Each batch chunk holds its taller output and the slice kept from it, so the
 batch goes in chunks of at most :data:`CHUNK_BYTES` of output (one entry at
 least: a chunk of one 112x112x64 image holds 6.3 MiB), each written into the
-output in place (``_terms.in_batch_chunks``).
+output in place (``_chunks.in_batch_chunks``).
 
 Taken by ``lowering="auto"`` on CPU only (``lax.platform_dependent``), for
 channels-last, unit-stride, undilated, ungrouped 2-D correlations with windows
@@ -67,7 +67,7 @@ import math
 import jax.numpy as jnp
 from jax import lax
 
-from . import _terms
+from . import _chunks, _terms
 from ._correlation import Correlation
 
 # Output bytes per batch chunk (the extra buffer the route holds at once).
@@ -150,5 +150,5 @@ def cpu_xla_correlate(lhs, rhs, corr: Correlation, conv):
 
     outs = _terms.term_counts(lhs.shape, rhs.shape, corr)[1]  # the rows kept
     per_entry = math.prod(outs) * rhs.shape[corr.rhs_axes[0]] * lhs.dtype.itemsize
-    chunk = _terms.divisor_within(lhs.shape[corr.lhs_axes[0]], CHUNK_BYTES // per_entry)
-    return _terms.in_batch_chunks(rows_kept, lhs, chunk, corr)
+    chunk = _chunks.divisor_within(lhs.shape[corr.lhs_axes[0]], CHUNK_BYTES // per_entry)
+    return _chunks.in_batch_chunks(rows_kept, lhs, chunk, corr)

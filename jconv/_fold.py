@@ -30,8 +30,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ._chunks import divisor_within
 from ._correlation import Correlation, accumulation_dtype
-from ._terms import Plan, divisor_within, pad_axis, resized
+from ._terms import Plan, pad_axis, resized
 
 # Most products added in the folded loop (positions times slabs): XLA compiles
 # one fused expression with this many terms.

@@ -28,8 +28,9 @@ import math
 import jax.numpy as jnp
 from jax import lax
 
+from ._chunks import divisor_within
 from ._correlation import Correlation
-from ._terms import dense, divisor_within, positions_last, term, term_counts
+from ._terms import dense, positions_last, term, term_counts
 
 # The shifted rhs copies of one batch chunk are kept under this many bytes.
 PLACED_BYTES = 1 << 22

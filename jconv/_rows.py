@@ -47,17 +47,9 @@ import math
 import jax.numpy as jnp
 from jax import lax
 
+from ._chunks import batch_chunk, divisor_within, sum_of_chunks
 from ._correlation import Correlation, accumulation_dtype
-from ._terms import (
-    batch_chunk,
-    dense,
-    divisor_within,
-    laid_out,
-    pad,
-    sum_of_chunks,
-    term_counts,
-    window_slice,
-)
+from ._terms import dense, laid_out, pad, term_counts, window_slice
 
 # Most products the matmul computes per product of the kernel gradient (V / K).
 ROWS_WASTE = 8

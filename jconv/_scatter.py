@@ -16,12 +16,11 @@ import math
 import jax.numpy as jnp
 from jax import lax
 
+from ._chunks import divisor_within, in_batch_chunks
 from ._correlation import Correlation, accumulation_dtype
 from ._terms import (
     Plan,
     dense,
-    divisor_within,
-    in_batch_chunks,
     interleave,
     kernel_tap,
     pad,

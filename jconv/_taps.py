@@ -36,23 +36,20 @@ import math
 import jax.numpy as jnp
 from jax import lax
 
+from ._chunks import batch_chunk, divisor_within, in_batch_chunks, sum_of_chunks
 from ._correlation import Correlation, accumulation_dtype
 from ._fold import folded_positions, folds
 from ._placed import placed_chunk, placed_positions, places
 from ._regions import region_cuts, region_sum
 from ._scatter import THIN, scatter_sum
 from ._terms import (
-    batch_chunk,
     dense,
-    divisor_within,
     entry_bytes,
-    in_batch_chunks,
     kernel_tap,
     pad,
     padded_shape,
     positions_last,
     resized,
-    sum_of_chunks,
     tap_starts,
     term,
     term_counts,

@@ -79,17 +79,9 @@ import math
 import jax.numpy as jnp
 from jax import lax
 
+from ._chunks import batch_chunk, divisor_within, in_batch_chunks, sum_of_chunks
 from ._correlation import Correlation, accumulation_dtype
-from ._terms import (
-    batch_chunk,
-    divisor_within,
-    in_batch_chunks,
-    interleave,
-    laid_out,
-    sum_of_chunks,
-    term_counts,
-    window_slice,
-)
+from ._terms import interleave, laid_out, term_counts, window_slice
 
 # Bᵀ (input), G (kernel) and Aᵀ (output) of F(2, 3), as rows of coefficients.
 B_T = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))

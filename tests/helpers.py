@@ -8,6 +8,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import jconv
 from jconv import _bench
@@ -132,3 +133,24 @@ def bench_step_temp_bytes(shape) -> tuple[int, int]:
     params, x, ct = shape.config.arrays()
     forwards = (jconv.conv_forward, jconv.autodiff.conv_forward)
     return tuple(_bench._compile(_bench._grad_fn(f, shape), params, x, ct)[2] for f in forwards)
+
+
+def kernel_gradient_calls(config, module, name, *, lowering=None, dtype=jnp.float32, platform=None):
+    """Whether tracing ``config``'s kernel gradient calls ``module.name``, and its
+    lowering for ``platform`` (StableHLO text; ``None`` without a platform).
+
+    ``lowering`` defaults to ``config.lowering``. Every branch of a
+    ``lax.platform_dependent`` is traced, so a call says the lowering was
+    considered; the text says what the platform keeps.
+    """
+    calls = []
+    real = getattr(module, name)
+    params, x, _ = config.arrays(dtype)
+    kw = dict(config.kwargs, lowering=lowering or config.lowering)
+    z = jax.eval_shape(lambda p, x: jconv.conv_forward(p, x, **kw), params, x)
+    fn = jax.jit(lambda x, dz: jconv.conv_grad_kernel(x, dz, params["kernel"].shape, **kw))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(module, name, lambda *a, **k: calls.append(a) or real(*a, **k))
+        traced = fn.trace(x, z)
+        text = None if platform is None else traced.lower(lowering_platforms=(platform,)).as_text()
+    return bool(calls), text

@@ -52,7 +52,7 @@ def test_data_parallel_train_step_equals_single_device():
 
 def test_data_parallel_step_gathers_no_batch():
     # The kernel gradients' batch-chunk loops take interleaved chunks
-    # (``_terms.batch_chunk``), which the batch's sharding does not split: each
+    # (``_chunks.batch_chunk``), which the batch's sharding does not split: each
     # device loops over its own images. Contiguous chunks made XLA's SPMD
     # partitioner gather the whole batch onto every device (two all-gathers of
     # 64 images here), so that each computed every image's gradient.

@@ -14,7 +14,7 @@ from helpers import Config
 from test_equivalence import GRID
 
 import jconv
-from jconv import _bench, _correlate, _fold, _placed, _regions, _scatter, _taps, _terms
+from jconv import _bench, _chunks, _correlate, _fold, _placed, _regions, _scatter, _taps
 from jconv._correlation import Correlation
 from jconv._spec import LOWERINGS
 
@@ -282,17 +282,7 @@ def test_fold_keeps_its_loop_output_within_the_input():
 
 def _takes(config, path: str, lowering: str = "taps", dtype=jnp.float32) -> bool:
     """Whether tracing ``config``'s kernel gradient calls ``_taps``'s ``path``."""
-    calls = []
-    real = getattr(_taps, path)
-    params, x, _ = config.arrays(dtype)
-    kw = dict(config.kwargs, lowering=lowering)
-    z = jax.eval_shape(lambda p, x: jconv.conv_forward(p, x, **kw), params, x)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_taps, path, lambda *a, **k: calls.append(a) or real(*a, **k))
-        jax.make_jaxpr(lambda x, dz: jconv.conv_grad_kernel(x, dz, params["kernel"].shape, **kw))(
-            x, z
-        )
-    return bool(calls)
+    return helpers.kernel_gradient_calls(config, _taps, path, lowering=lowering, dtype=dtype)[0]
 
 
 # Unit-stride kernel gradients with fewer output than input channels place the
@@ -802,7 +792,7 @@ def test_bench_chained_step_waits_for_the_forward(tmp_path):
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=str)
 def test_in_batch_chunks_place_interleaved_chunks_back(chunk, dtype):
     # The batch on lhs axis 1 and output axis 2 (neither major): chunk i holds
-    # entries i, i + count, ... (_terms.batch_chunk), and each entry's result
+    # entries i, i + count, ... (_chunks.batch_chunk), and each entry's result
     # must land at its own index. f doubles its entries and adds their index.
     lhs = jnp.arange(4 * 6 * 5, dtype=jnp.float32).reshape(4, 6, 5).astype(dtype)
     corr = Correlation((1, 0, 2), (0, 1, 2), (2, 0, 1), (1,), ((0, 0),), (1,), (1,))
@@ -810,8 +800,8 @@ def test_in_batch_chunks_place_interleaved_chunks_back(chunk, dtype):
     def f(part):  # (4, chunk, 5) -> (5, 4, chunk)
         return jnp.transpose(2 * part + part[:1, :, :1], (2, 0, 1))
 
-    out = _terms.in_batch_chunks(f, lhs, chunk, corr)
+    out = _chunks.in_batch_chunks(f, lhs, chunk, corr)
     np.testing.assert_array_equal(out, f(lhs))
     count = 6 // chunk
     for i in range(count):  # and the chunks themselves, on the batch axis
-        np.testing.assert_array_equal(_terms.batch_chunk(lhs, i, count, 1), lhs[:, i::count])
+        np.testing.assert_array_equal(_chunks.batch_chunk(lhs, i, count, 1), lhs[:, i::count])

@@ -39,18 +39,12 @@ def _forced(monkeypatch):
 
 def _takes_rows(config, dtype=jnp.float32, platform="cpu") -> bool:
     """Whether lowering ``config``'s kernel gradient for ``platform`` computes the rows form."""
-    params, x, _ = config.arrays(dtype)
-    kw = dict(config.kwargs, lowering=config.lowering)
-    z = jax.eval_shape(lambda p, x: jconv.conv_forward(p, x, **kw), params, x)
-    calls = []
-    real = _rows.rows_correlate
-    fn = jax.jit(lambda x, dz: jconv.conv_grad_kernel(x, dz, params["kernel"].shape, **kw))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_rows, "rows_correlate", lambda *a, **k: calls.append(a) or real(*a, **k))
-        text = fn.trace(x, z).lower(lowering_platforms=(platform,)).as_text()
+    called, text = helpers.kernel_gradient_calls(
+        config, _rows, "rows_correlate", dtype=dtype, platform=platform
+    )
     # Traced for every platform (``lax.platform_dependent``); lowered where no
     # convolution is left.
-    return bool(calls) and "convolution" not in text
+    return called and "convolution" not in text
 
 
 def _check(config, dtype, monkeypatch):
