@@ -89,10 +89,7 @@ def in_batch_chunks(f, lhs, chunk: int, corr: Correlation):
     if count == 1:
         return f(lhs)
     part = jax.eval_shape(f, jax.ShapeDtypeStruct(resized(lhs.shape, (lb,), (chunk,)), lhs.dtype))
-    # Every entry is overwritten; the zeros are the lhs's first entry times 0 so
-    # that no two loops' buffers are the same expression (see above).
-    entry = dynamic_slice_bits(lhs, 0, 1, lb)  # as bits: no float32 copy of a half lhs
-    zero = lax.slice(entry, (0,) * lhs.ndim, (1,) * lhs.ndim).reshape(()).astype(part.dtype) * 0
+    zero = _own_zero(lhs, lb, part.dtype)
     full = resized(part.shape, (ob,), (chunk * count,))
     split = (*part.shape[:ob], chunk, count, *part.shape[ob + 1 :])  # n at (n // count, n % count)
 
@@ -102,6 +99,37 @@ def in_batch_chunks(f, lhs, chunk: int, corr: Correlation):
         return lax.dynamic_update_slice_in_dim(out.reshape(split), part, i, ob + 1).reshape(full)
 
     return lax.fori_loop(0, count, step, jnp.broadcast_to(zero, full))
+
+
+def in_blocks(block, count: int, axis: int, source):
+    """``concatenate([block(i) for i in range(count)], axis)``, each block computed
+    and written into the output in place in a ``fori_loop`` (one block: no loop).
+
+    One block's operands and result are live at a time: unrolled, XLA:CPU
+    sliced every block's operands before the first was used. ``source`` is an
+    operand the loop's zeros are derived from (:func:`in_batch_chunks`).
+    """
+    if count == 1:
+        return block(0)
+    part = jax.eval_shape(block, 0)
+    size = part.shape[axis]
+    full = resized(part.shape, (axis,), (size * count,))
+    zeros = jnp.broadcast_to(_own_zero(source, 0, part.dtype), full)
+
+    def step(i, out):
+        return lax.dynamic_update_slice_in_dim(out, block(i), i * size, axis)
+
+    return lax.fori_loop(0, count, step, zeros)
+
+
+def _own_zero(a, axis: int, dtype):
+    """A zero of ``dtype`` computed from ``a``'s first entry on ``axis``.
+
+    A loop's output buffer starts from it so that no two loops' buffers are the
+    same expression (see :func:`in_batch_chunks`); every entry is overwritten.
+    """
+    entry = dynamic_slice_bits(a, 0, 1, axis)  # as bits: no float32 copy of a half array
+    return lax.slice(entry, (0,) * a.ndim, (1,) * a.ndim).reshape(()).astype(dtype) * 0
 
 
 def sum_of_chunks(part, count: int):

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from . import _cpu_xla, _placed, _rows, _taps, _terms, _winograd
+from . import _cpu_xla, _groups, _placed, _rows, _taps, _terms, _winograd
 from ._correlation import Correlation, accumulation_dtype
 
 # The taps lowering unrolls one einsum per term; beyond this many it stays XLA's.
@@ -84,6 +84,10 @@ def correlate(lhs, rhs, corr: Correlation, precision=None, lowering: str = "auto
         return taps(lhs, rhs)
     if lowering == "winograd" and _winograd.applies(lhs.shape, rhs.shape, corr):
         return winograd(lhs, rhs)
+    if _groups.splits(lhs.shape, rhs.shape, corr, looped_well=_looped_well(lhs.dtype.itemsize)):
+        dense = functools.partial(correlate, precision=precision, lowering=lowering)
+        by_groups = functools.partial(_groups.by_groups, corr=corr, dense=dense)
+        return lax.platform_dependent(lhs, rhs, cpu=by_groups, default=xla)
     if _taps_pays_on_cpu(lhs.shape, rhs.shape, corr, lhs.dtype.itemsize):
         return lax.platform_dependent(lhs, rhs, cpu=taps, default=xla)
     if _rows.applies(lhs.shape, rhs.shape, corr, lhs.dtype.itemsize):
@@ -97,6 +101,18 @@ def correlate(lhs, rhs, corr: Correlation, precision=None, lowering: str = "auto
         )
         return lax.platform_dependent(lhs, rhs, cpu=every_core, default=xla)
     return xla(lhs, rhs)
+
+
+def _looped_well(itemsize: int):
+    """Whether a group's dense correlation runs well inside a loop: where the
+    taps or rows lowering computes it (see ``_groups.splits``)."""
+
+    def looped_well(lhs_shape, rhs_shape, corr: Correlation) -> bool:
+        return _taps_pays_on_cpu(lhs_shape, rhs_shape, corr, itemsize) or _rows.applies(
+            lhs_shape, rhs_shape, corr, itemsize
+        )
+
+    return looped_well
 
 
 def _taps_pays_on_cpu(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) -> bool:

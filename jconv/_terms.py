@@ -151,15 +151,48 @@ def dense(corr: Correlation) -> bool:
     return corr.feature_group_count == corr.batch_group_count == 1
 
 
+# A feature-grouped term contracting at most this many features per group is
+# computed as that many broadcast products, each of one feature of every group
+# (a ResNeXt 3x3 of 32 groups of 4 features over 8 images of 56x56x128: forward
+# 130 ms as batched matmuls, 9 ms unrolled; XLA's convolution 151 ms).
+UNROLLED_FEATURES = 8
+
+
 def term(piece, rhs, corr: Correlation, summed_spatial, precision, acc):
     """One term, laid out in ``corr.out_axes`` order (spatial axes dropped when summed).
 
     ``piece`` has the lhs layout; ``rhs`` has the rhs layout, without its spatial
     axes unless ``summed_spatial`` lists them (positions mode: summed against the
     piece's spatial axes).
+
+    A grouped term that contracts ``1 < C <= UNROLLED_FEATURES`` features per
+    group is the sum over ``c < C`` of the terms of lhs features ``g C + c``
+    (one per group ``g``: a slice of stride ``C``) with rhs in-feature ``c``:
+    each has one feature per group, nothing to contract, and is a broadcast
+    product that XLA fuses with the others (and with the other taps' terms)
+    into one loop, where a batched matmul of ``C``-feature products is slow.
     """
     plan = Plan.of(piece, rhs, corr, summed_spatial)
     order = plan.broadcast_order(piece.shape, rhs.shape)
+    ro, ri = corr.rhs_axes[:2]
+    if not summed_spatial:  # the rhs lost its spatial axes
+        ro, ri = sorted((ro, ri)).index(ro), sorted((ro, ri)).index(ri)
+    features = rhs.shape[ri]
+    feature_grouped = corr.batch_group_count == 1 < corr.feature_group_count
+    if order is None and not summed_spatial and feature_grouped:
+        if 1 < features <= UNROLLED_FEATURES:
+            lf = corr.lhs_axes[1]
+            return sum(
+                term(
+                    lax.slice_in_dim(piece, c, piece.shape[lf], features, axis=lf),
+                    lax.slice_in_dim(rhs, c, c + 1, axis=ri),
+                    corr,
+                    summed_spatial,
+                    precision,
+                    acc,
+                )
+                for c in range(features)
+            )
     if order is None:
         out = jnp.einsum(
             f"{plan.x_spec},{plan.w_spec}->{plan.out_spec}",
@@ -317,6 +350,12 @@ def _broadcast_order(x_spec, w_spec, out_spec, sizes) -> list[str] | None:
     for candidate in (list(out_spec) + contracted, _merge(x_spec, w_spec)):
         if candidate and _monotone(x_spec, candidate) and _monotone(w_spec, candidate):
             return candidate
+    # Else size-1 letters may sit anywhere, as reshaping moves them for free (an
+    # unrolled grouped term's one feature, see ``term``): order the others.
+    x_big, w_big = ("".join(c for c in s if sizes[c] > 1) for s in (x_spec, w_spec))
+    for candidate in (list(out_spec) + contracted, _merge(x_big, w_big)):
+        if candidate and _monotone(x_big, candidate) and _monotone(w_big, candidate):
+            return candidate + [c for c in dict.fromkeys(x_spec + w_spec) if c not in candidate]
     return None
 
 
