@@ -16,12 +16,10 @@ a warm-up, medians, with XLA's compiled temporary memory.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
 
-import jax
 import jax.numpy as jnp
+from lowering_passes import write_rows
 
 from jconv import _bench, autodiff, conv_forward
 from jconv._bench import Shape, _shape
@@ -116,9 +114,7 @@ def main(argv=None):
         ratios = [r[f"{k}_ratio"] for r in rows for k in ("step", "chained")]
         print(f"geometric mean ratio {math.exp(sum(map(math.log, ratios)) / len(ratios)):.2f}")
     if args.out:
-        meta = {"jax": jax.__version__, "backend": jax.default_backend(), "cpu": platform.processor()}
-        with open(args.out, "w") as f:
-            json.dump({"meta": meta, "repeats": args.repeats, "rows": rows}, f, indent=1)
+        write_rows(args.out, args.repeats, rows)
 
 
 if __name__ == "__main__":
