@@ -34,7 +34,13 @@ rarely lands where some code paths apply. This draws only from one domain:
   1-6 output features, strides 1-3, dilations 1-2, every padding form, both
   layouts, with the kernel gradient's rows form forced (``_rows``' bounds
   lifted), half of them one image per batch chunk. The run reports how many
-  kernel gradients took it (those in positions mode).
+  kernel gradients took it (those in positions mode);
+- ``groups``: ``lowering="auto"`` on grouped 1-D to 3-D convolutions of 2-6
+  groups of 2-9 input features, strides 1-3, dilations 1-2, every padding form,
+  both layouts, with half of them split by groups (``_groups.by_groups``; the
+  unrolling bound lowered to one feature) and half of those unrolled where the
+  taps lowering computes them (``_terms.term``). The run reports how many
+  correlations were split.
 
 Each is checked with the test suite's ``check_against_lax`` (values and all
 gradients, elementwise, scaled tolerance)::
@@ -45,6 +51,7 @@ gradients, elementwise, scaled tolerance)::
     python experiments/random_checks.py --domain bands --configs 150 --seed 41 --dtype float64
     python experiments/random_checks.py --domain scatter --configs 150 --seed 51 --dtype float64
     python experiments/random_checks.py --domain rows --configs 150 --seed 61 --dtype float64
+    python experiments/random_checks.py --domain groups --configs 150 --seed 71 --dtype float64
 """
 
 from __future__ import annotations
@@ -61,7 +68,18 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import Config, _compiled, check_against_lax  # noqa: E402
 
-from jconv import _cpu_xla, _fold, _regions, _rows, _scatter, _taps, _winograd  # noqa: E402
+from jconv import (  # noqa: E402
+    _correlate,
+    _cpu_xla,
+    _fold,
+    _groups,
+    _regions,
+    _rows,
+    _scatter,
+    _taps,
+    _terms,
+    _winograd,
+)
 from jconv.testing._config import sample_config  # noqa: E402
 
 SIZES = {1: 13, 2: 9, 3: 6}  # exclusive upper bound of a spatial size
@@ -152,6 +170,15 @@ def draw_rows(rng) -> Config:
     return dataclasses.replace(config, lowering="auto")
 
 
+def draw_groups(rng) -> Config:
+    def channels():
+        groups = int(rng.integers(2, 7))
+        return groups * int(rng.integers(2, 10)), groups * int(rng.integers(1, 4)), groups
+
+    config = _taps_config(rng, (5, 4, 3), lambda window: 2, channels)
+    return dataclasses.replace(config, lowering="auto")
+
+
 def _taps_config(rng, window_end, extra, channels) -> Config:
     """A ``lowering="taps"`` config: 1-D to 3-D, windows below ``window_end[nd -
     1]``, strides 1-3, dilations 1-2, sizes below ``SIZES[nd] + extra(window)``,
@@ -184,7 +211,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--domain",
-        choices=["winograd", "regions", "cpu_xla", "bands", "scatter", "rows"],
+        choices=["winograd", "regions", "cpu_xla", "bands", "scatter", "rows", "groups"],
         default="winograd",
     )
     parser.add_argument("--configs", type=int, default=100)
@@ -239,6 +266,14 @@ def main() -> int:
 
     _rows.rows_correlate = counted_rows
     rows_count = 0
+    split, by_groups = [0], _groups.by_groups
+
+    def counted_groups(*args, **kwargs):
+        split[0] += 1
+        return by_groups(*args, **kwargs)
+
+    _groups.by_groups = counted_groups
+    unrolled_features, looped_well = _terms.UNROLLED_FEATURES, _correlate._looped_well
     if args.domain == "regions":
         _regions.REGION_BYTES = 0  # regions on inputs of any size
     if args.domain == "rows":  # the rows form wherever it can run
@@ -265,6 +300,11 @@ def main() -> int:
             one_each = bool(rng.integers(0, 2))  # one image a chunk
             _scatter.TAP_MAJOR_BYTES = 1 if one_each else scatter_bytes[0]
             _scatter.SCATTER_BYTES = 1 if one_each else scatter_bytes[1]
+        elif args.domain == "groups":
+            config = draw_groups(rng)
+            forced = bool(rng.integers(0, 2))  # split by groups wherever it can be
+            _terms.UNROLLED_FEATURES = 1 if forced else unrolled_features
+            _correlate._looped_well = (lambda itemsize: lambda *a: True) if forced else looped_well
         elif args.domain == "rows":
             config = draw_rows(rng)
             _rows.ROWS_BYTES = 1 if rng.integers(0, 2) else rows_bytes  # one image a chunk
@@ -289,6 +329,7 @@ def main() -> int:
     took += f"; {banded[0]} kernel gradients took row bands" if banded[0] else ""
     took += f"; {pieces_count} kernel gradients took F(3, 2) pieces" if pieces_count else ""
     took += f"; {rows_count} kernel gradients took the rows form" if rows_count else ""
+    took += f"; {split[0]} correlations were split by groups" if split[0] else ""
     if tap_major_counts[0]:
         took += f"; {tap_major_counts[0]} correlations took tap-major products"
         took += f", {tap_major_counts[1]} of them the separable sum"

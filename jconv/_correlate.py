@@ -45,7 +45,9 @@ def correlate(lhs, rhs, corr: Correlation, precision=None, lowering: str = "auto
             for 3-tap windows, F(3, 2) pieces for the kernel gradients of
             those over >= 128 features, ``_winograd.py``, where
             :func:`_winograd.applies`; as ``"auto"`` elsewhere) or ``"auto"``:
-            on CPU, taps where XLA:CPU's convolution is slow
+            on CPU, grouped forwards and input gradients one dense
+            correlation per group (``_groups.py``) unless the taps unroll
+            them into broadcast products, taps where XLA:CPU's convolution is slow
             (:func:`_taps_pays_on_cpu`: grouped and depthwise correlations,
             most kernel gradients, thin input gradients), one-channel kernel
             gradients of small images as one matmul over whole rows

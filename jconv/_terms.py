@@ -202,8 +202,33 @@ def term(piece, rhs, corr: Correlation, summed_spatial, precision, acc):
             preferred_element_type=acc,
         )
     else:
-        out = plan.reduce(plan.product(piece, rhs, order, acc or piece.dtype), order)
+        out = _unit_free_product(plan, piece, rhs, order, acc or piece.dtype)
     return plan.merge(out)
+
+
+def _unit_free_product(plan: Plan, piece, rhs, order, dtype):
+    """``plan.reduce(plan.product(piece, rhs, order, dtype), order)``, computed
+    without the size-1 axes, which are put back by a reshape.
+
+    XLA:CPU (jax 0.10.2) fuses such a product and its sum into a YNNPACK
+    reduction, which returned garbage (NaN, 1e31) for some shapes with a unit
+    axis: ``sum(h * j, axis=3)`` of ``h: (4, 6, 1, 6, 3, 3, 5)`` and ``j: (1, 6,
+    1, 6, 1, 1, 1)`` (a grouped 1x1x1 convolution in NCHW, 36 -> 6 features in
+    6 groups; ``random_checks.py --domain groups`` found it). The same sum
+    over ``(4, 6, 6, 3, 3, 5)`` is right.
+    """
+    x, w = plan.lhs_shape(piece.shape), plan.rhs_shape(rhs.shape)
+    sizes = dict(zip(plan.x_spec, x, strict=True)) | dict(zip(plan.w_spec, w, strict=True))
+    big = [c for c in order if sizes[c] > 1]
+    prod = _broadcast(plan.lhs(piece), plan.x_spec, big, dtype)
+    prod = prod * _broadcast(plan.rhs(rhs), plan.w_spec, big, dtype)
+    summed = [c for c in plan.contracted() if c in big]
+    if summed:
+        prod = jnp.sum(prod, axis=tuple(big.index(c) for c in summed))
+    kept = [c for c in big if c not in summed]
+    perm = [kept.index(c) for c in plan.out_spec if c in kept]
+    prod = jnp.transpose(prod, perm) if perm != sorted(perm) else prod
+    return prod.reshape([sizes[c] for c in plan.out_spec])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -111,3 +111,15 @@ def test_few_features_per_group_are_unrolled_broadcast_products():
     assert "dot_general" not in forward_jaxpr(Config(2, (8, 8), (3, 3), 16, 16, groups=4))
     # 16 per group: batched matmuls
     assert "dot_general" in forward_jaxpr(Config(2, (8, 8), (3, 3), 32, 32, groups=2))
+
+
+@pytest.mark.parametrize("lowering", ["auto", "taps"])
+def test_grouped_unit_axis_products_avoid_the_xla_reduction_bug(lowering):
+    # XLA:CPU's YNNPACK reduction returned NaN and 1e31 for the 7-D product of
+    # this grouped 1x1x1 forward, jitted alone (``_terms._unit_free_product``).
+    config = Config(4, (3, 3, 5), (1, 1, 1), 36, 6, groups=6, layout="channels_first")
+    params, x, _ = config.arrays()
+    kw = dict(config.kwargs, lowering=lowering)
+    z = jax.jit(lambda p, x: jconv.conv_forward(p, x, **kw))(params, x)
+    expected = helpers.lax_oracle(params, x, **config.kwargs)
+    helpers.assert_close(z, expected, jnp.float32)
