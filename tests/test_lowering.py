@@ -806,3 +806,11 @@ def test_in_batch_chunks_place_interleaved_chunks_back(chunk, dtype):
     count = 6 // chunk
     for i in range(count):  # and the chunks themselves, on the batch axis
         np.testing.assert_array_equal(_chunks.batch_chunk(lhs, i, count, 1), lhs[:, i::count])
+
+
+def test_auto_keeps_xla_for_unit_stride_1d_kernel_gradients():
+    # 1-D at unit stride XLA's kernel gradient is faster within a step; strided
+    # ones keep the taps' im2col.
+    audio = Config(16, (4000,), (5,), 32, 32, padding="SAME")
+    assert not _takes(audio, "taps_correlate", "auto")
+    assert _takes(dataclasses.replace(audio, stride=2, window=(7,)), "taps_correlate", "auto")
