@@ -109,6 +109,16 @@ def check_against_lax(config, dtype):
         )
 
 
+def check_against_lax_afresh(config, dtype):
+    """:func:`check_against_lax`, compiled afresh: for a lowering patched by the
+    test (compiled programs are cached by configuration alone)."""
+    _compiled.cache_clear()
+    try:
+        check_against_lax(config, dtype)
+    finally:
+        _compiled.cache_clear()
+
+
 def _neighbourhood_bound(bound, config, name):
     """Winograd's bound: each entry's ``sum |terms|`` replaced by the largest over
     its spatial axes (per image and channel; per channel pair for the kernel).

@@ -239,9 +239,7 @@ FOLDED = [
 def test_folded_kernel_gradient_matches_lax(config, dtype):
     config = dataclasses.replace(config, lowering="taps")
     assert _takes(config, "folded_positions", dtype=dtype)
-    helpers._compiled.cache_clear()
-    helpers.check_against_lax(config, dtype)
-    helpers._compiled.cache_clear()
+    helpers.check_against_lax_afresh(config, dtype)
 
 
 def test_grouped_forward_in_positions_mode_is_not_folded():
@@ -263,9 +261,7 @@ def test_grouped_forward_in_positions_mode_is_not_folded():
     real = _fold.folded_positions
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_taps, "folded_positions", lambda *a: calls.append(a) or real(*a))
-        helpers._compiled.cache_clear()
-        helpers.check_against_lax(config, jnp.float32)
-        helpers._compiled.cache_clear()
+        helpers.check_against_lax_afresh(config, jnp.float32)
     assert not calls
 
 
@@ -313,9 +309,7 @@ def test_placed_kernel_gradient_matches_lax(config, dtype, budget, monkeypatch):
     if budget == "chunked":
         _check_chunked(config, dtype, "kernel")
     else:
-        helpers._compiled.cache_clear()
-        helpers.check_against_lax(config, dtype)
-        helpers._compiled.cache_clear()
+        helpers.check_against_lax_afresh(config, dtype)
 
 
 def test_auto_places_googlenet_kernel_gradient_only():
@@ -769,9 +763,7 @@ def test_mode_grid_has_strided_configs():
 @pytest.mark.parametrize("config", MODE_GRID, ids=str)
 def test_every_taps_mode_matches_lax(config, mode, monkeypatch):
     monkeypatch.setattr(_taps, "choose_mode", lambda *shapes_and_corr: mode)
-    helpers._compiled.cache_clear()
-    helpers.check_against_lax(dataclasses.replace(config, lowering="taps"), jnp.float32)
-    helpers._compiled.cache_clear()
+    helpers.check_against_lax_afresh(dataclasses.replace(config, lowering="taps"), jnp.float32)
 
 
 def test_bench_chained_step_waits_for_the_forward(tmp_path):

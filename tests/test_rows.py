@@ -50,9 +50,7 @@ def _takes_rows(config, dtype=jnp.float32, platform="cpu") -> bool:
 def _check(config, dtype, monkeypatch):
     _forced(monkeypatch)
     assert _takes_rows(config, dtype)
-    helpers._compiled.cache_clear()
-    helpers.check_against_lax(config, dtype)
-    helpers._compiled.cache_clear()
+    helpers.check_against_lax_afresh(config, dtype)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=str)
