@@ -46,8 +46,10 @@ def correlate(lhs, rhs, corr: Correlation, precision=None, lowering: str = "auto
             those over >= 128 features, ``_winograd.py``, where
             :func:`_winograd.applies`; as ``"auto"`` elsewhere) or ``"auto"``:
             on CPU, grouped forwards and input gradients one dense
-            correlation per group (``_groups.py``) unless the taps unroll
-            them into broadcast products, taps where XLA:CPU's convolution is slow
+            correlation per group (``_groups.splits``: not depthwise, not
+            one output per group, not 1x1, not where the taps unroll them into
+            broadcast products, channels-first only where the blocks are
+            taps), taps where XLA:CPU's convolution is slow
             (:func:`_taps_pays_on_cpu`: grouped and depthwise correlations,
             most kernel gradients, thin input gradients), one-channel kernel
             gradients of small images as one matmul over whole rows
@@ -87,7 +89,8 @@ def correlate(lhs, rhs, corr: Correlation, precision=None, lowering: str = "auto
     if lowering == "winograd" and _winograd.applies(lhs.shape, rhs.shape, corr):
         return winograd(lhs, rhs)
     if _groups.splits(lhs.shape, rhs.shape, corr, looped_well=_looped_well(lhs.dtype.itemsize)):
-        dense = functools.partial(correlate, precision=precision, lowering=lowering)
+        # (Each block as ``auto``: a forced ``winograd`` stays off grouped ones.)
+        dense = functools.partial(correlate, precision=precision, lowering="auto")
         by_groups = functools.partial(_groups.by_groups, corr=corr, dense=dense)
         return lax.platform_dependent(lhs, rhs, cpu=by_groups, default=xla)
     if _taps_pays_on_cpu(lhs.shape, rhs.shape, corr, lhs.dtype.itemsize):

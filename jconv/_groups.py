@@ -15,9 +15,9 @@ the grouped formula gives.
 
 Why: XLA:CPU computes a grouped convolution far below its dense rate, and the
 taps lowering's batched matmuls contract only ``C`` features per product
-(``experiments/README.md``, session 11: a ResNeXt 3x3 of 32 groups over 8
-images of 28x28x256, forward 62 ms as XLA's and 60 ms (58 MiB) as taps, 8-10
-ms as 32 dense correlations). Each block goes back through ``correlate``, so
+(``experiments/README.md``, session 11: a ResNeXt 3x3 of 32 groups of 16
+features over 8 images of 14x14x512, forward 16 ms as XLA's, 29 ms as taps,
+3.7 ms as 32 dense correlations). Each block goes back through ``correlate``, so
 it gets the dense rules of ``auto`` (the every-core route, im2col kernel
 gradients, ...).
 """
@@ -31,37 +31,35 @@ from . import _terms
 from ._chunks import dynamic_slice_bits, in_blocks
 from ._correlation import Correlation
 
-# Feature-grouped terms contracting at most this many features per group, over
-# at most this many products per output (taps x features), are left to the taps
-# lowering, which unrolls them into broadcast products (``_terms.term``): 8
-# images of 28x28, forward ms unrolled vs by groups: 3x3 over 32 groups of 8
-# 8.6 vs 10.9, 5x5 over 32 of 4 8.2 vs 30.2, 7x7 over 64 of 2 46 vs 120; 5x5
-# over 16 of 8 (200 products) 59 vs 7.1.
-UNROLLED_PRODUCTS = 100
-
 
 def splits(lhs_shape, rhs_shape, corr: Correlation, looped_well) -> bool:
     """Whether ``auto`` computes ``corr`` group by group (on CPU).
 
-    Feature groups (forwards and input gradients; not kernel gradients, whose
-    batch groups the taps lowering computes as fast, as a loop over groups was
-    up to 2x slower in 1-D, strided and channels-first ones) are split unless
-    depthwise (one feature per group), unrolled by the taps lowering (above) or
-    of a 1x1 window (one batched matmul in the taps lowering: 3 groups of 80
-    features over 8 images of 28x28, 3.7 ms, 5.5 by groups).
-    Channels-first ones only where ``looped_well(lhs_block, rhs_block,
-    corr_block)``: inside a loop XLA:CPU's convolution takes its operands in the
-    layout the loop gives them, and slowly in that one (4 groups of 32 over 8
-    images of 28x28 in NCHW: forward 126 ms by groups, 19 as XLA's grouped
-    convolution).
+    Feature groups only: forwards and input gradients. Kernel gradients (batch
+    groups) are computed as fast by the taps lowering; a loop over their
+    groups was up to 2x slower in 1-D, strided and channels-first ones.
+    Not split, as the taps lowering's terms are already cheap there:
+
+    - one feature per group (depthwise) or one output per group: broadcast
+      products;
+    - grouped terms that the taps unroll (``_terms.unrolls``);
+    - a 1x1 window: one batched matmul (3 groups of 80 features over 8 images
+      of 28x28: 3.7 ms, 5.5 by groups).
+
+    Channels-first ones are split only where ``looped_well(lhs_block,
+    rhs_block, corr_block)``. Inside a loop, XLA:CPU's convolution takes its
+    operands in the layout the loop gives them, and is slow in that one: 4
+    groups of 32 over 8 images of 28x28 in NCHW, forward 126 ms by groups,
+    18 ms as the taps' batched matmuls, 19 ms as XLA's grouped convolution.
     """
-    if corr.feature_group_count == 1:
+    groups = corr.feature_group_count
+    if groups == 1:
         return False
     features = rhs_shape[corr.rhs_axes[1]]  # contracted per group
     taps = math.prod(rhs_shape[a] for a in corr.rhs_axes[2:])
-    unrolled = features <= _terms.UNROLLED_FEATURES and taps * features <= UNROLLED_PRODUCTS
-    if features == 1 or unrolled or taps == 1:
-        return False  # (a 1x1 window: the taps lowering's one batched matmul)
+    one_out = rhs_shape[corr.rhs_axes[0]] == groups  # one output per group: broadcast products
+    if features == 1 or one_out or taps == 1 or _terms.unrolls(rhs_shape, corr):
+        return False
     channels_last = corr.lhs_axes[1] == len(lhs_shape) - 1
     return channels_last or looped_well(*_blocks(lhs_shape, rhs_shape, corr)[1:])
 

@@ -30,7 +30,7 @@ import math
 from jax import lax
 
 from ._correlation import Correlation
-from ._terms import kernel_tap, padded_shape, term, window_slice
+from ._terms import kernel_tap, padded_shape, term, unrolls, window_slice
 
 # Regions are used while their sums have at most this many terms per window tap
 # (a 3x3 SAME window: 49 terms for 9 taps); past that the lhs is padded once.
@@ -89,7 +89,7 @@ def region_cuts(lhs_shape, corr: Correlation, window, outs, itemsize: int):
 def region_sum(lhs, rhs, corr: Correlation, precision, acc, cuts):
     """The taps-mode correlation from the unpadded ``lhs``, region by region."""
     lhs_sp, out_sp = corr.lhs_axes[2:], corr.out_axes[2:]
-    parts = {}
+    unroll, parts = unrolls(rhs.shape, corr), {}
     for index in itertools.product(*(range(len(dim)) for dim in cuts)):
         chosen = [dim[i] for dim, i in zip(cuts, index, strict=True)]
         counts = [b - a for a, b, _ in chosen]
@@ -102,7 +102,7 @@ def region_sum(lhs, rhs, corr: Correlation, precision, acc, cuts):
                 )
             ]
             piece = window_slice(lhs, lhs_sp, starts, counts, corr.window_strides)
-            part = term(piece, kernel_tap(rhs, corr, tap), corr, (), precision, acc)
+            part = term(piece, kernel_tap(rhs, corr, tap), corr, (), precision, acc, unroll)
             total = part if total is None else total + part
         parts[index] = total
     return _concatenated(parts, out_sp, len(cuts))

@@ -53,6 +53,7 @@ from ._terms import (
     tap_starts,
     term,
     term_counts,
+    unrolls,
     window_slice,
 )
 
@@ -68,7 +69,7 @@ def taps_correlate(lhs, rhs, corr: Correlation, precision=None, by: str | None =
             positions mode folds or places where that applies.
     """
     window, outs = term_counts(lhs.shape, rhs.shape, corr)
-    itemsize = _working_itemsize(lhs.dtype, corr)
+    itemsize = _working_itemsize(lhs.shape, rhs.shape, corr, lhs.dtype)
     by = by or choose_mode(lhs.shape, rhs.shape, corr)
     if by == "scatter" and max(corr.lhs_dilation) > 1 and max(corr.window_strides) > 1:
         by = "taps"  # the phases assume unit window strides (true of every input gradient)
@@ -222,7 +223,7 @@ def _chunked_sum(lhs, rhs, corr: Correlation, precision, by, window, outs, chunk
     lf, ri = corr.lhs_axes[1], corr.rhs_axes[1]
     count = lhs.shape[lf] // chunk
     total = None
-    itemsize = _working_itemsize(lhs.dtype, corr)
+    itemsize = _working_itemsize(lhs.shape, rhs.shape, corr, lhs.dtype)
     for band in row_bands(lhs.shape, rhs.shape, corr, by, chunk, itemsize):
 
         def chunk_sum(i, band=band):
@@ -292,25 +293,41 @@ def row_bands(lhs_shape, rhs_shape, corr: Correlation, by, chunk, itemsize):
     return bands or [None]
 
 
-def _working_itemsize(dtype, corr: Correlation) -> int:
+def _working_itemsize(lhs_shape, rhs_shape, corr: Correlation, dtype) -> int:
     """Bytes per entry of the lowering's operands as computed (:func:`_widened`):
     what its chunk sizes and modes are chosen by."""
     acc = accumulation_dtype(dtype)
-    return jnp.dtype(dtype if acc is None or dense(corr) else acc).itemsize
+    widened = acc is not None and _broadcast_terms(lhs_shape, rhs_shape, corr)
+    return jnp.dtype(acc if widened else dtype).itemsize
+
+
+def _broadcast_terms(lhs_shape, rhs_shape, corr: Correlation) -> bool:
+    """Whether a grouped correlation's terms are broadcast products, not matmuls:
+    one feature (depthwise), or one output, per feature group, or unrolled
+    (``_terms.unrolls``); one lhs batch entry (a kernel gradient's channel), or
+    one output, per batch group."""
+    gf, gb = corr.feature_group_count, corr.batch_group_count
+    outs = rhs_shape[corr.rhs_axes[0]]
+    if gf > 1:
+        return rhs_shape[corr.rhs_axes[1]] == 1 or outs == gf or unrolls(rhs_shape, corr)
+    return gb > 1 and (lhs_shape[corr.lhs_axes[0]] == gb or outs == gb)
 
 
 def _widened(lhs, rhs, corr: Correlation):
-    """Half-precision operands of a grouped correlation in float32.
+    """Half-precision operands of a grouped correlation of broadcast-product
+    terms (:func:`_broadcast_terms`) in float32.
 
-    Its terms are broadcast products, which XLA:CPU computes slowly in half
-    precision (bfloat16 3x3 depthwise over 8 images of 28x28x256: kernel
-    gradient 49 ms, 3.5 in float32; forward 2.1 and 1.2 ms). A product of two
-    half-precision numbers is exact in float32, so this rounds less than
-    products rounded to half precision did. Inside a chunk loop, only the chunk
-    is converted. Dense correlations (matmuls) keep their operands.
+    XLA:CPU computes those products slowly in half precision (bfloat16 3x3
+    depthwise over 8 images of 28x28x256: kernel gradient 49 ms, 3.5 in
+    float32; forward 2.1 and 1.2 ms). A product of two half-precision numbers
+    is exact in float32, so this rounds less than products rounded to half
+    precision did. Inside a chunk loop, only the chunk is converted. Matmul
+    terms (dense, or grouped with several features and outputs per group) keep
+    their operands: a float32 copy would only add memory (a bfloat16 1x1
+    forward over 3 groups of 80 features: 5.8 -> 11.5 MiB).
     """
     acc = accumulation_dtype(lhs.dtype)
-    if acc is None or dense(corr):
+    if acc is None or not _broadcast_terms(lhs.shape, rhs.shape, corr):
         return lhs, rhs
     return lhs.astype(acc), rhs.astype(acc)
 
@@ -336,10 +353,10 @@ def _sum_of_terms(lhs, rhs, corr: Correlation, precision, by, window, outs):
     # fuses into its consumer with no per-element bounds checks.
     xp = pad(lhs, lhs_sp, corr)
     if by == "taps":
-        total = None
+        unroll, total = unrolls(rhs.shape, corr), None
         for tap in itertools.product(*(range(k) for k in window)):
             piece = window_slice(xp, lhs_sp, tap_starts(tap, corr), outs, corr.window_strides)
-            part = term(piece, kernel_tap(rhs, corr, tap), corr, (), precision, acc)
+            part = term(piece, kernel_tap(rhs, corr, tap), corr, (), precision, acc, unroll)
             total = part if total is None else total + part
         return total
     positions = itertools.product(*(range(o) for o in outs))

@@ -151,48 +151,61 @@ def dense(corr: Correlation) -> bool:
     return corr.feature_group_count == corr.batch_group_count == 1
 
 
-# A feature-grouped term contracting at most this many features per group is
+# A feature-grouped term contracting at most this many features per group, in a
+# correlation of at most this many products per output (taps x features), is
 # computed as that many broadcast products, each of one feature of every group
 # (a ResNeXt 3x3 of 32 groups of 4 features over 8 images of 56x56x128: forward
-# 130 ms as batched matmuls, 9 ms unrolled; XLA's convolution 151 ms).
-UNROLLED_FEATURES = 8
+# 130 ms as batched matmuls, 6-9 ms unrolled, 24 ms followed by a bias and a
+# ReLU; XLA's convolution 151 ms; 46 ms one group at a time, ``_groups.py``).
+# At 8 features the unrolled forward fused with a bias and a ReLU (the taps'
+# regions are then computed inside that loop) took 66 ms, against 9.5 one
+# group at a time; past about 100 products XLA stops fusing them at all (3x3
+# over 16 features: 167 ms; 5x5 over 8: 59 ms, against 7.1 by groups).
+UNROLLED_FEATURES = 4
+UNROLLED_PRODUCTS = 100
 
 
-def term(piece, rhs, corr: Correlation, summed_spatial, precision, acc):
+def unrolls(rhs_shape, corr: Correlation) -> bool:
+    """Whether the taps-mode terms of ``corr`` (``rhs_shape``: the whole rhs, with
+    its spatial axes) are unrolled into broadcast products (:func:`term`)."""
+    if not corr.batch_group_count == 1 < corr.feature_group_count:
+        return False
+    features = rhs_shape[corr.rhs_axes[1]]
+    taps = math.prod(rhs_shape[a] for a in corr.rhs_axes[2:])
+    return 1 < features <= UNROLLED_FEATURES and taps * features <= UNROLLED_PRODUCTS
+
+
+def term(piece, rhs, corr: Correlation, summed_spatial, precision, acc, unroll: bool = False):
     """One term, laid out in ``corr.out_axes`` order (spatial axes dropped when summed).
 
     ``piece`` has the lhs layout; ``rhs`` has the rhs layout, without its spatial
     axes unless ``summed_spatial`` lists them (positions mode: summed against the
     piece's spatial axes).
 
-    A grouped term that contracts ``1 < C <= UNROLLED_FEATURES`` features per
-    group is the sum over ``c < C`` of the terms of lhs features ``g C + c``
-    (one per group ``g``: a slice of stride ``C``) with rhs in-feature ``c``:
-    each has one feature per group, nothing to contract, and is a broadcast
-    product that XLA fuses with the others (and with the other taps' terms)
-    into one loop, where a batched matmul of ``C``-feature products is slow.
+    With ``unroll`` (:func:`unrolls`), a grouped term that contracts ``C > 1``
+    features per group is the sum over ``c < C`` of the terms of lhs features
+    ``g C + c`` (one per group ``g``: a slice of stride ``C``) with rhs
+    in-feature ``c``: each has one feature per group, nothing to contract, and
+    is a broadcast product that XLA fuses with the others (and with the other
+    taps' terms) into one loop, where a batched matmul of ``C``-feature products
+    is slow.
     """
     plan = Plan.of(piece, rhs, corr, summed_spatial)
     order = plan.broadcast_order(piece.shape, rhs.shape)
-    ro, ri = corr.rhs_axes[:2]
-    if not summed_spatial:  # the rhs lost its spatial axes
-        ro, ri = sorted((ro, ri)).index(ro), sorted((ro, ri)).index(ri)
-    features = rhs.shape[ri]
-    feature_grouped = corr.batch_group_count == 1 < corr.feature_group_count
-    if order is None and not summed_spatial and feature_grouped:
-        if 1 < features <= UNROLLED_FEATURES:
-            lf = corr.lhs_axes[1]
-            return sum(
-                term(
-                    lax.slice_in_dim(piece, c, piece.shape[lf], features, axis=lf),
-                    lax.slice_in_dim(rhs, c, c + 1, axis=ri),
-                    corr,
-                    summed_spatial,
-                    precision,
-                    acc,
-                )
-                for c in range(features)
+    if order is None and unroll and not summed_spatial:
+        ri = int(corr.rhs_axes[1] > corr.rhs_axes[0])  # (the rhs's two axes: out, in)
+        features, lf = rhs.shape[ri], corr.lhs_axes[1]
+        return sum(
+            term(
+                lax.slice_in_dim(piece, c, piece.shape[lf], features, axis=lf),
+                lax.slice_in_dim(rhs, c, c + 1, axis=ri),
+                corr,
+                summed_spatial,
+                precision,
+                acc,
             )
+            for c in range(features)
+        )
     if order is None:
         out = jnp.einsum(
             f"{plan.x_spec},{plan.w_spec}->{plan.out_spec}",
@@ -215,7 +228,8 @@ def _unit_free_product(plan: Plan, piece, rhs, order, dtype):
     axis: ``sum(h * j, axis=3)`` of ``h: (4, 6, 1, 6, 3, 3, 5)`` and ``j: (1, 6,
     1, 6, 1, 1, 1)`` (a grouped 1x1x1 convolution in NCHW, 36 -> 6 features in
     6 groups; ``random_checks.py --domain groups`` found it). The same sum
-    over ``(4, 6, 6, 3, 3, 5)`` is right.
+    over ``(4, 6, 6, 3, 3, 5)`` is right. ``_fold`` builds its slab products
+    with their unit axes still (no random run has failed there).
     """
     x, w = plan.lhs_shape(piece.shape), plan.rhs_shape(rhs.shape)
     sizes = dict(zip(plan.x_spec, x, strict=True)) | dict(zip(plan.w_spec, w, strict=True))
