@@ -61,32 +61,27 @@ def splits(lhs_shape, rhs_shape, corr: Correlation, looped_well) -> bool:
     if features == 1 or one_out or taps == 1 or _terms.unrolls(rhs_shape, corr):
         return False
     channels_last = corr.lhs_axes[1] == len(lhs_shape) - 1
-    return channels_last or looped_well(*_blocks(lhs_shape, rhs_shape, corr)[1:])
+    return channels_last or looped_well(*_blocks(lhs_shape, rhs_shape, corr))
 
 
 def _blocks(lhs_shape, rhs_shape, corr: Correlation):
-    """The lhs axis cut into groups, the shapes of one group's operands, and its
-    dense correlation."""
-    groups = corr.feature_group_count
-    cut = corr.lhs_axes[1]
-    lhs_block = _terms.resized(lhs_shape, (cut,), (lhs_shape[cut] // groups,))
-    ro = corr.rhs_axes[0]
+    """The shapes of one group's operands, and its dense correlation."""
+    groups, lf, ro = corr.feature_group_count, corr.lhs_axes[1], corr.rhs_axes[0]
+    lhs_block = _terms.resized(lhs_shape, (lf,), (lhs_shape[lf] // groups,))
     rhs_block = _terms.resized(rhs_shape, (ro,), (rhs_shape[ro] // groups,))
-    each = dataclasses.replace(corr, feature_group_count=1)
-    return cut, lhs_block, rhs_block, each
+    return lhs_block, rhs_block, dataclasses.replace(corr, feature_group_count=1)
 
 
 def by_groups(lhs, rhs, corr: Correlation, dense):
     """``corr`` of ``lhs`` with ``rhs`` as one ``dense(lhs_g, rhs_g, corr_g)`` per group,
     written into output feature block ``g`` (see the module docstring), one
     group at a time in a loop (:func:`_chunks.in_blocks`)."""
-    groups = corr.feature_group_count
-    cut, lhs_block, rhs_block, each = _blocks(lhs.shape, rhs.shape, corr)
-    ro = corr.rhs_axes[0]
-    features, outs = lhs_block[cut], rhs_block[ro]
+    groups, lf, ro = corr.feature_group_count, corr.lhs_axes[1], corr.rhs_axes[0]
+    lhs_block, rhs_block, each = _blocks(lhs.shape, rhs.shape, corr)
+    features, outs = lhs_block[lf], rhs_block[ro]
 
     def block(g):
-        lhs_g = dynamic_slice_bits(lhs, g * features, features, cut)
+        lhs_g = dynamic_slice_bits(lhs, g * features, features, lf)
         return dense(lhs_g, dynamic_slice_bits(rhs, g * outs, outs, ro), each)
 
     return in_blocks(block, groups, corr.out_axes[1], lhs)

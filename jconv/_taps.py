@@ -85,7 +85,7 @@ def taps_correlate(lhs, rhs, corr: Correlation, precision=None, by: str | None =
     elif by == "positions":
         chunk = _contraction_chunk(lhs.shape, itemsize, corr, math.prod(outs))
     if chunk is not None:
-        out = _chunked_sum(lhs, rhs, corr, precision, by, window, outs, chunk)
+        out = _chunked_sum(lhs, rhs, corr, precision, by, window, outs, chunk, itemsize)
         return out.astype(lhs.dtype)
     cuts = None if by != "taps" else region_cuts(lhs.shape, corr, window, outs, itemsize)
     if by == "taps" and cuts is None and corr.batch_group_count == 1:
@@ -217,13 +217,13 @@ def stack_bytes(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) -> int:
     return math.prod(outs) * channels * entries * math.prod(window) * itemsize
 
 
-def _chunked_sum(lhs, rhs, corr: Correlation, precision, by, window, outs, chunk):
+def _chunked_sum(lhs, rhs, corr: Correlation, precision, by, window, outs, chunk, itemsize):
     """``sum`` over chunks of the contracted lhs feature / rhs in-feature axes
-    (and over :func:`row_bands`, one loop over the chunks per band)."""
+    (and over :func:`row_bands`, one loop over the chunks per band, sized by
+    ``itemsize``, :func:`_working_itemsize`'s bytes per entry)."""
     lf, ri = corr.lhs_axes[1], corr.rhs_axes[1]
     count = lhs.shape[lf] // chunk
     total = None
-    itemsize = _working_itemsize(lhs.shape, rhs.shape, corr, lhs.dtype)
     for band in row_bands(lhs.shape, rhs.shape, corr, by, chunk, itemsize):
 
         def chunk_sum(i, band=band):

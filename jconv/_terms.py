@@ -234,15 +234,7 @@ def _unit_free_product(plan: Plan, piece, rhs, order, dtype):
     x, w = plan.lhs_shape(piece.shape), plan.rhs_shape(rhs.shape)
     sizes = dict(zip(plan.x_spec, x, strict=True)) | dict(zip(plan.w_spec, w, strict=True))
     big = [c for c in order if sizes[c] > 1]
-    prod = _broadcast(plan.lhs(piece), plan.x_spec, big, dtype)
-    prod = prod * _broadcast(plan.rhs(rhs), plan.w_spec, big, dtype)
-    summed = [c for c in plan.contracted() if c in big]
-    if summed:
-        prod = jnp.sum(prod, axis=tuple(big.index(c) for c in summed))
-    kept = [c for c in big if c not in summed]
-    perm = [kept.index(c) for c in plan.out_spec if c in kept]
-    prod = jnp.transpose(prod, perm) if perm != sorted(perm) else prod
-    return prod.reshape([sizes[c] for c in plan.out_spec])
+    return plan.reduce(plan.product(piece, rhs, big, dtype), big)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -344,14 +336,20 @@ class Plan:
 
     def reduce(self, prod, order, lead: int = 0):
         """A broadcast product in ``order`` (after ``lead`` extra leading axes), summed
-        over the contracted letters and laid out as ``out_spec``."""
-        contracted = self.contracted()
+        over the contracted letters and laid out as ``out_spec``. Letters missing
+        from ``order`` are of size 1: summed away already, or put back as unit axes."""
+        contracted = [c for c in self.contracted() if c in order]
         summed = tuple(lead + order.index(c) for c in contracted)
         if summed:
             prod = jnp.sum(prod, axis=summed)
         kept = [c for c in order if c not in contracted]
-        perm = list(range(lead)) + [lead + kept.index(c) for c in self.out_spec]
-        return jnp.transpose(prod, perm) if perm != sorted(perm) else prod
+        perm = list(range(lead)) + [lead + kept.index(c) for c in self.out_spec if c in kept]
+        prod = jnp.transpose(prod, perm) if perm != sorted(perm) else prod
+        if len(perm) - lead == len(self.out_spec):
+            return prod
+        dims = iter(prod.shape[lead:])
+        units = [next(dims) if c in kept else 1 for c in self.out_spec]
+        return prod.reshape(*prod.shape[:lead], *units)
 
     def merge(self, out, lead: int = 0):
         """``out`` with its (group, out) axes merged back into one feature axis."""
