@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from . import _cpu_xla, _groups, _placed, _rows, _taps, _terms, _winograd
+from . import _bands, _cpu_xla, _groups, _placed, _rows, _taps, _terms, _winograd
 from ._correlation import Correlation, accumulation_dtype
 
 # The taps lowering unrolls one einsum per term; beyond this many it stays XLA's.
@@ -53,7 +53,9 @@ def correlate(lhs, rhs, corr: Correlation, precision=None, lowering: str = "auto
             (:func:`_taps_pays_on_cpu`: grouped and depthwise correlations,
             most kernel gradients, thin input gradients), one-channel kernel
             gradients of small images as one matmul over whole rows
-            (``_rows.py``), dense channels-last 2-D
+            (``_rows.py``), kernel gradients over a few large images that
+            the taps refuse whole as ones over bands of rows stacked on the
+            batch (``_bands.py``), dense channels-last 2-D
             forwards and input gradients as XLA's convolution with extra
             output rows, which XLA:CPU runs on every core (``_cpu_xla.py``);
             XLA's convolution (cuDNN on GPU) everywhere else. ``"auto"`` does
@@ -98,6 +100,15 @@ def correlate(lhs, rhs, corr: Correlation, precision=None, lowering: str = "auto
     if _rows.applies(lhs.shape, rhs.shape, corr, lhs.dtype.itemsize):
         rows = functools.partial(_rows.rows_correlate, corr=corr, precision=precision)
         return lax.platform_dependent(lhs, rhs, cpu=rows, default=xla)
+    taken = functools.partial(_taps_pays_on_cpu, itemsize=lhs.dtype.itemsize)
+    rows = _bands.band_rows(lhs.shape, rhs.shape, corr, lhs.dtype.itemsize, taken)
+    if rows is not None:
+
+        def banded(lhs, rhs):
+            lhs_b, rhs_b, corr_b = _bands.rows_as_batch(lhs, rhs, corr, rows)
+            return _taps.taps_correlate(lhs_b, rhs_b, corr_b, precision=precision)
+
+        return lax.platform_dependent(lhs, rhs, cpu=banded, default=xla)
     if _cpu_xla.applies(lhs, rhs, corr):
         every_core = functools.partial(
             _cpu_xla.cpu_xla_correlate,
@@ -127,7 +138,9 @@ def _taps_pays_on_cpu(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) ->
     with ``jconv bench`` (``experiments/README.md``):
 
     - grouped and depthwise correlations, and those with one input feature (a
-      fused broadcast product, as for depthwise): always;
+      fused broadcast product, as for depthwise): always, but for dense kernel
+      gradients of one image (one lhs feature: the batch), which go by the
+      rules below (and ``_bands.py``);
     - kernel gradients (positions mode: the output is smaller than the window)
       of a 1x1 kernel (one matmul), of 2 to 128 input channels (an im2col
       matmul per batch chunk; at 128, per-position matmuls, over images of at
@@ -149,12 +162,12 @@ def _taps_pays_on_cpu(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) ->
         return False
     grouped = corr.feature_group_count > 1 or corr.batch_group_count > 1
     one_feature = lhs_shape[corr.lhs_axes[1]] == corr.feature_group_count  # nothing to contract
-    if grouped or one_feature:
+    mode = _taps.choose_mode(lhs_shape, rhs_shape, corr)
+    if grouped or (one_feature and mode != "positions"):
         return True
     if math.prod(window) == 1 and all(s == 1 for s in corr.window_strides):
         # One matmul: ours wins when it narrows the features (a 1x1 input gradient)
         return lhs_shape[corr.lhs_axes[1]] > rhs_shape[corr.rhs_axes[0]]
-    mode = _taps.choose_mode(lhs_shape, rhs_shape, corr)
     if mode == "positions":
         if _placed.places(lhs_shape, rhs_shape, corr, itemsize):
             return True

@@ -31,8 +31,10 @@ output in place (``_chunks.in_batch_chunks``).
 
 Taken by ``lowering="auto"`` on CPU only (``lax.platform_dependent``), for
 channels-last, unit-stride, undilated, ungrouped 2-D correlations with windows
-larger than 1x1, of more than 16 and at most :data:`MAX_OUT_FEATURES` output
-features that slide (window no larger than the output): forward passes and
+larger than 1x1, from at least :data:`MIN_FEATURES` input features to at
+least as many and at most :data:`MAX_OUT_FEATURES` output features (more than
+16 of either), that
+slide (window no larger than the output): forward passes and
 input gradients. Kernel gradients (positions: a window as large as the image)
 and channels-first operands (XLA would transpose every chunk) stay as they were.
 
@@ -79,6 +81,12 @@ YNN_MIN_FEATURES = 16
 # Beyond this many output features YNNPACK spreads the work itself (3x3@14, 256
 # features: 14.6 ms either way; 128 features at 28x28: 15.3 -> 13.5 ms).
 MAX_OUT_FEATURES = 128
+# With fewer input or output features Eigen's convolution is no faster than
+# YNNPACK's one thread and the route only adds its chunks' memory: a VGG stem's
+# forward (2 images of 224x224x3, 3x3, 3 -> 64) 13.2 -> 18.1 ms and 12.9 MiB
+# routed; 8 input features: 19.3 vs 19.4 ms; 16: 33.0 -> 25.7 ms. Its input
+# gradient (64 -> 3) 12.0 -> 23.6 ms routed.
+MIN_FEATURES = 16
 _DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64))
 _CHANNELS_LAST = (0, 3, 1, 2)  # (batch, feature, *spatial) axes of an NHWC array
 
@@ -115,6 +123,7 @@ def _eligible(lhs_shape, rhs_shape, corr: Correlation) -> bool:
         and all(d == 1 for d in corr.lhs_dilation + corr.rhs_dilation)
         and all(lo >= 0 and hi >= 0 for lo, hi in corr.padding)
         and features > YNN_MIN_FEATURES
+        and min(lhs_shape[corr.lhs_axes[1]], out_features) >= MIN_FEATURES
         and out_features <= MAX_OUT_FEATURES
     )
 

@@ -30,8 +30,35 @@ from ._terms import (
     window_slice,
 )
 
-# Output features up to which a correlation counts as thin (see choose_mode).
+# Output features up to which a correlation counts as thin (see :func:`thin`).
 THIN = 4
+
+
+def thin(lhs_shape, rhs_shape, corr: Correlation, window) -> bool:
+    """Whether a dense correlation is scattered for being thin (``_taps.choose_mode``).
+
+    Thin: at most :data:`THIN` output features, at most half the input features
+    (an image's channels: the input gradient of a stem or of LeNet's first
+    layer), where one matmul per tap would be a thin product re-reading the
+    whole lhs. Without an lhs dilation (a unit-stride forward's input
+    gradient) only while one batch entry's products fit in a chunk
+    (:data:`SCATTER_BYTES`, counted in float32): the products are chunked by
+    whole entries, and over larger images XLA:CPU's own convolution is as fast
+    and holds nothing (64 -> 3 features, 3x3, ms XLA vs scatter: 2 images of
+    224x224, 5.4 MB of products an image, 11.0 vs 12.8 and 0 vs 17.4 MiB; of
+    112x112, 1.4 MB, 4.0 vs 5.0; 5x5 over 8 images of 56x56, 0.9 MB, 8.3 vs
+    10.2-10.6 in two runs, 8.8 vs 6.9 in a third; LeNet's, 64 images of 28x28,
+    6 -> 1, 5x5, 78 KB, 6.4 vs 1.2). A dilated lhs (a strided forward's input
+    gradient, such as a 7x7 stride-2 stem's: 80 -> 27 ms at 7.4 MB an image) is
+    scattered in phases, which XLA's lhs dilation lacks.
+    """
+    f_out, f_in = rhs_shape[corr.rhs_axes[0]], lhs_shape[corr.lhs_axes[1]]
+    if not (dense(corr) and f_out <= THIN and 2 * f_out <= f_in):
+        return False
+    if any(d > 1 for d in corr.lhs_dilation):
+        return True
+    spatial = math.prod(lhs_shape[a] for a in corr.lhs_axes[2:])
+    return spatial * math.prod(window) * f_out * 4 <= SCATTER_BYTES
 
 
 def scatter_sum(lhs, rhs, corr: Correlation, precision, window, outs):

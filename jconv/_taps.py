@@ -41,7 +41,7 @@ from ._correlation import Correlation, accumulation_dtype
 from ._fold import folded_positions, folds
 from ._placed import placed_chunk, placed_positions, places
 from ._regions import region_cuts, region_sum
-from ._scatter import THIN, scatter_sum
+from ._scatter import scatter_sum, thin
 from ._terms import (
     dense,
     entry_bytes,
@@ -158,21 +158,19 @@ def choose_mode(lhs_shape, rhs_shape, corr: Correlation) -> str:
     """Which sum :func:`taps_correlate` computes.
 
     ``"positions"`` when the output has fewer positions than the window has taps
-    (the kernel gradient); ``"scatter"`` for an ungrouped, unit-stride correlation
-    with at most :data:`THIN` output features, at most half its input features
-    (an image's channels: the input gradient of a stem or of LeNet's first layer),
-    where one matmul per tap would be a thin product re-reading the whole lhs, and
-    for a depthwise correlation with a dilated lhs (a strided depthwise input
-    gradient), which then never multiplies the dilation's zeros; ``"taps"``
-    otherwise.
+    (the kernel gradient); ``"scatter"`` for a thin unit-stride correlation
+    (``_scatter.thin``: a few output features from many, the input gradient of
+    a stem or of LeNet's first layer), and for a depthwise correlation with a
+    dilated lhs (a strided depthwise input gradient), which then never
+    multiplies the dilation's zeros; ``"taps"`` otherwise.
     """
     window, outs = term_counts(lhs_shape, rhs_shape, corr)
     if math.prod(outs) < math.prod(window):
         return "positions"
     if math.prod(window) == 1 or any(s > 1 for s in corr.window_strides):
         return "taps"
-    f_out, f_in = rhs_shape[corr.rhs_axes[0]], lhs_shape[corr.lhs_axes[1]]
-    if dense(corr) and f_out <= THIN and 2 * f_out <= f_in:
+    f_in = lhs_shape[corr.lhs_axes[1]]
+    if thin(lhs_shape, rhs_shape, corr, window):
         return "scatter"
     if f_in == corr.feature_group_count and any(d > 1 for d in corr.lhs_dilation):
         return "scatter"  # depthwise, dilated: no products with the dilation's zeros

@@ -38,6 +38,8 @@ def test_extra_rows_worked_cases():
     assert _cpu_xla.extra_rows(lhs, rhs, _corr(padding=((0, 0), (0, 0)))) == 3
     # VALID over 16 rows: 14 rows, 3 more would be over an eighth of them.
     assert _cpu_xla.extra_rows((8, 16, 16, 64), rhs, _corr(padding=((0, 0), (0, 0)))) == 0
+    # From 16 input and output features (MIN_FEATURES) on; an RGB image's 3 stay off.
+    assert _cpu_xla.extra_rows((8, 56, 56, 16), (3, 3, 16, 64), _corr()) == 1
     # A 1x1 window is a matmul, which YNNPACK spreads itself: not routed.
     assert _cpu_xla.extra_rows(lhs, (1, 1, 64, 64), _corr(padding=((0, 0), (0, 0)))) == 0
     # A 1x3 window over SAME columns: one more row.
@@ -53,6 +55,9 @@ def test_extra_rows_worked_cases():
     [
         ((8, 56, 56, 64), (3, 3, 64, 256), {}),  # YNNPACK spreads 256 outputs itself
         ((8, 56, 56, 16), (3, 3, 16, 16), {}),  # YNNPACK refuses 16 features anyway
+        ((2, 224, 224, 3), (3, 3, 3, 64), {}),  # an RGB stem: Eigen no faster there
+        ((8, 56, 56, 8), (3, 3, 8, 64), {}),
+        ((2, 224, 224, 64), (3, 3, 64, 3), {}),  # its input gradient
         ((8, 56, 56, 64), (3, 3, 64, 64), {"window_strides": (2, 2)}),
         ((8, 56, 56, 64), (3, 3, 64, 64), {"lhs_dilation": (2, 2)}),
         ((8, 56, 56, 64), (3, 3, 64, 64), {"rhs_dilation": (2, 2)}),

@@ -426,9 +426,36 @@ def test_tap_major_products_where_the_lhs_is_thinner():
     assert not _scatter._tap_major((64, 24, 24, 6), 25 * 1, strided)
 
 
+def test_thin_input_gradients_scatter_while_an_image_fits_a_chunk():
+    # The input gradient of an NHWC forward from 3 features to 64, 3x3 SAME:
+    # dz is the lhs (64 features), the output has 3.
+    corr = Correlation(
+        lhs_axes=(0, 3, 1, 2),
+        rhs_axes=(2, 3, 0, 1),
+        out_axes=(0, 3, 1, 2),
+        window_strides=(1, 1),
+        padding=((1, 1), (1, 1)),
+        lhs_dilation=(1, 1),
+        rhs_dilation=(1, 1),
+    )
+    rhs = (3, 3, 3, 64)
+    # 56x56: 56 * 56 * 27 products (339 KB in float32) within SCATTER_BYTES.
+    assert _taps.choose_mode((8, 56, 56, 64), rhs, corr) == "scatter"
+    # 224x224 (5.4 MB an image): XLA's convolution, as fast and holding nothing.
+    assert _taps.choose_mode((2, 224, 224, 64), rhs, corr) == "taps"
+    assert not _correlate._taps_pays_on_cpu((2, 224, 224, 64), rhs, corr, 4)
+    # A strided forward's input gradient (dilated lhs) is phased at any size.
+    strided = dataclasses.replace(corr, lhs_dilation=(2, 2))
+    assert _taps.choose_mode((2, 112, 112, 64), rhs, strided) == "scatter"
+    assert _correlate._taps_pays_on_cpu((2, 112, 112, 64), rhs, strided, 4)
+    # Not thin: more output features than half the input's.
+    assert _taps.choose_mode((8, 56, 56, 5), rhs, corr) == "taps"
+
+
 def test_scatter_chunks_read_an_entry_parameter_in_place(monkeypatch):
     # A loss's cotangent is an entry parameter of the jitted gradient. Mapping
     # over a reshaped copy of it made XLA copy it whole; slicing it must not.
+    monkeypatch.setattr(_taps, "choose_mode", lambda *shapes_and_corr: "scatter")
     monkeypatch.setattr(_scatter, "SCATTER_BYTES", 1)
     dz, kernel = jnp.ones((8, 32, 32, 64)), jnp.ones((5, 5, 1, 64))
     fn = jax.jit(
