@@ -12,6 +12,7 @@ import pytest
 
 import jconv
 from jconv import _bench
+from jconv._correlation import Correlation
 from jconv.testing import ConvConfig
 
 # Relative tolerances (scaled by the largest magnitude of the expected array).
@@ -135,6 +136,19 @@ def _neighbourhood_bound(bound, config, name):
     else:
         axes = range(1, 1 + d) if config.layout == "channels_last" else range(2, 2 + d)
     return np.broadcast_to(np.max(bound, axis=tuple(axes), keepdims=True), bound.shape)
+
+
+def dk_correlation(padding, stride=(1, 1), dilation=(1, 1)):
+    """The kernel gradient's correlation of an NHWC forward (as ``_rules.grad_kernel``)."""
+    return Correlation(
+        lhs_axes=(3, 0, 1, 2),
+        rhs_axes=(3, 0, 1, 2),
+        out_axes=(2, 3, 0, 1),
+        window_strides=dilation,
+        padding=padding,
+        lhs_dilation=(1, 1),
+        rhs_dilation=stride,
+    )
 
 
 def bench_step_temp_bytes(shape) -> tuple[int, int]:

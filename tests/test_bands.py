@@ -56,8 +56,7 @@ def _takes_bands(config, dtype=jnp.float32, platform=None):
     return called and (text is None or "convolution" not in text)
 
 
-@pytest.mark.parametrize("rows", [2, 3])
-@pytest.mark.parametrize("config", BANDED, ids=str)
+@pytest.mark.parametrize("config, rows", [(c, 2 + i % 2) for i, c in enumerate(BANDED)], ids=str)
 def test_banded_kernel_gradient_matches_lax(config, rows, monkeypatch):
     _forced(monkeypatch, rows)
     assert _takes_bands(config)
@@ -75,23 +74,10 @@ def test_banded_kernel_gradient_in_bfloat16(monkeypatch):
     helpers.check_against_lax_afresh(BANDED[0], jnp.bfloat16)
 
 
-def _dk_corr(padding, stride=(1, 1), dilation=(1, 1)):
-    """The kernel gradient's correlation of an NHWC forward (as ``_rules.grad_kernel``)."""
-    return Correlation(
-        lhs_axes=(3, 0, 1, 2),
-        rhs_axes=(3, 0, 1, 2),
-        out_axes=(2, 3, 0, 1),
-        window_strides=dilation,
-        padding=padding,
-        lhs_dilation=(1, 1),
-        rhs_dilation=stride,
-    )
-
-
 def test_worked_case_of_the_docstring():
     # SAME 3x3 over 56 rows, bands of 28: 2 bands of L = 30 rows, no extra padding.
     x = (8, 56, 56, 64)
-    corr = _dk_corr(((1, 1), (1, 1)))
+    corr = helpers.dk_correlation(((1, 1), (1, 1)))
     assert _bands._geometry(x, x, corr, 28) == (2, 30, 0)
     lhs_b, rhs_b, corr_b = _bands.rows_as_batch_shapes(x, x, corr, 28)
     assert lhs_b == (16, 30, 56, 64) and rhs_b == (16, 28, 56, 64)
@@ -105,7 +91,7 @@ def test_rows_as_batch_sums_the_same_products(x64):
     # One image, one channel each side: the bands' correlation, written out.
     rng = np.random.default_rng(0)
     x, dz = rng.normal(size=(1, 7, 4, 1)), rng.normal(size=(1, 7, 4, 1))
-    corr = _dk_corr(((1, 1), (1, 1)))
+    corr = helpers.dk_correlation(((1, 1), (1, 1)))
     want = _correlate._xla_conv(jnp.asarray(x), jnp.asarray(dz), corr)
     lhs_b, rhs_b, corr_b = _bands.rows_as_batch(jnp.asarray(x), jnp.asarray(dz), corr, 3)
     assert lhs_b.shape == (3, 5, 4, 1) and rhs_b.shape == (3, 3, 4, 1)  # 7 rows -> 3 bands of 3
@@ -120,7 +106,7 @@ def _decision(x, dz, corr, itemsize=4):
 
 
 def test_auto_bands_large_images_the_taps_refuse():
-    same = _dk_corr(((1, 1), (1, 1)))
+    same = helpers.dk_correlation(((1, 1), (1, 1)))
     # 2 images of 112x112x64 -> 128: 28.7 KB rows, bands of 8 (10 rows, 287 KB).
     assert _decision((2, 112, 112, 64), (2, 112, 112, 128), same) == 8
     # One image of 224x224x64: MIN_BAND_ROWS.
@@ -131,14 +117,15 @@ def test_auto_bands_large_images_the_taps_refuse():
 
 
 def test_auto_leaves_what_the_taps_or_xla_keep():
-    same = _dk_corr(((1, 1), (1, 1)))
+    same = helpers.dk_correlation(((1, 1), (1, 1)))
     # The taps take 8 images of 56x56x64 unbanded (row bands of the window).
     assert _decision((8, 56, 56, 64), (8, 56, 56, 64), same) is None
     # 256 channels: XLA's matmuls are as good, banded or not.
     assert _decision((8, 14, 14, 256), (8, 14, 14, 256), same) is None
     # A 7x7 over 4 images of 56x56x64 -> 16: the bands' copy (14 rows for 8)
     # and stacks of 49 positions would hold 2.5 times XLA's memory.
-    assert _decision((4, 56, 56, 64), (4, 56, 56, 16), _dk_corr(((3, 3), (3, 3)))) is None
+    seven = helpers.dk_correlation(((3, 3), (3, 3)))
+    assert _decision((4, 56, 56, 64), (4, 56, 56, 16), seven) is None
     # Too few rows for two bands of MIN_BAND_ROWS.
     assert _decision((1, 14, 14, 64), (1, 14, 14, 64), same) is None
     # Grouped (batch groups) and 1-D kernel gradients.

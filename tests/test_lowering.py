@@ -137,43 +137,29 @@ def _check_chunked(config, dtype, gradient):
     helpers._compiled.cache_clear()
 
 
-def _dk_correlation(padding, stride=(1, 1), dilation=(1, 1)):
-    """The kernel gradient's correlation of an NHWC forward (as ``_rules.grad_kernel``)."""
-    return Correlation(
-        lhs_axes=(3, 0, 1, 2),
-        rhs_axes=(3, 0, 1, 2),
-        out_axes=(2, 3, 0, 1),
-        window_strides=dilation,
-        padding=padding,
-        lhs_dilation=(1, 1),
-        rhs_dilation=stride,
-    )
-
-
 def test_row_bands_worked_cases():
     # 3x3@56 SAME over 64 channels, one image a chunk: 7.2 MB of stacks, two
     # bands of 28 dz rows (the docstring's case).
     x = (8, 56, 56, 64)
-    bands = _taps.row_bands(x, x, _dk_correlation(((1, 1), (1, 1))), "positions", 1, 4)
+    bands = _taps.row_bands(x, x, helpers.dk_correlation(((1, 1), (1, 1))), "positions", 1, 4)
     got = [(lhs_rows, rhs_rows, banded.padding[0]) for lhs_rows, rhs_rows, banded in bands]
     assert got == [((0, 29), (0, 28), (1, 0)), ((27, 56), (28, 56), (0, 1))]
     # The stem's (7x7, stride 2, padding 3 and 2: 112 dz rows): padded rows 0 to
     # 117 and 112 to 229 of 224 + 3 + 2.
     x, dz = (8, 224, 224, 3), (8, 112, 112, 64)
-    corr = _dk_correlation(((3, 2), (3, 2)), stride=(2, 2))
+    corr = helpers.dk_correlation(((3, 2), (3, 2)), stride=(2, 2))
     bands = _taps.row_bands(x, dz, corr, "positions", 1, 4)
     got = [(lhs_rows, rhs_rows, banded.padding[0]) for lhs_rows, rhs_rows, banded in bands]
     assert got == [((0, 114), (0, 56), (3, 0)), ((109, 224), (56, 112), (0, 2))]
     # 53 dz rows (a prime): two bands, of 27 and 26 rows, not 53 of one.
     x = (8, 53, 53, 64)
-    bands = _taps.row_bands(x, x, _dk_correlation(((1, 1), (1, 1))), "positions", 1, 4)
+    bands = _taps.row_bands(x, x, helpers.dk_correlation(((1, 1), (1, 1))), "positions", 1, 4)
     got = [(lhs_rows, rhs_rows, banded.padding[0]) for lhs_rows, rhs_rows, banded in bands]
     assert got == [((0, 28), (0, 27), (1, 0)), ((26, 53), (27, 53), (0, 1))]
     # Stacks within the budget, other modes: one band.
     small = (8, 28, 28, 64)
-    assert _taps.row_bands(small, small, _dk_correlation(((1, 1), (1, 1))), "positions", 1, 4) == [
-        None
-    ]
+    same = helpers.dk_correlation(((1, 1), (1, 1)))
+    assert _taps.row_bands(small, small, same, "positions", 1, 4) == [None]
     assert _taps.row_bands(x, dz, corr, "placed", 1, 4) == [None]
 
 
@@ -409,17 +395,22 @@ def test_lenet_input_gradient_sums_tap_major_products_one_axis_at_a_time(monkeyp
     assert not calls
 
 
-def test_tap_major_products_where_the_lhs_is_thinner():
-    # LeNet's input gradient: dz has 6 features, the products 25 taps x 1.
-    corr = Correlation(
+def _dx_correlation(padding):
+    """The input gradient's correlation of an NHWC forward (dz as the lhs)."""
+    return Correlation(
         lhs_axes=(0, 3, 1, 2),
         rhs_axes=(2, 3, 0, 1),
         out_axes=(0, 3, 1, 2),
         window_strides=(1, 1),
-        padding=((4, 4), (4, 4)),
+        padding=padding,
         lhs_dilation=(1, 1),
         rhs_dilation=(1, 1),
     )
+
+
+def test_tap_major_products_where_the_lhs_is_thinner():
+    # LeNet's input gradient: dz has 6 features, the products 25 taps x 1.
+    corr = _dx_correlation(((4, 4), (4, 4)))
     assert _scatter._tap_major((64, 24, 24, 6), 25 * 1, corr)
     assert not _scatter._tap_major((8, 64, 64, 32), 9 * 1, corr)  # 3x3, 32 -> 1
     strided = dataclasses.replace(corr, lhs_dilation=(2, 2))  # the phased sum's
@@ -429,15 +420,7 @@ def test_tap_major_products_where_the_lhs_is_thinner():
 def test_thin_input_gradients_scatter_while_an_image_fits_a_chunk():
     # The input gradient of an NHWC forward from 3 features to 64, 3x3 SAME:
     # dz is the lhs (64 features), the output has 3.
-    corr = Correlation(
-        lhs_axes=(0, 3, 1, 2),
-        rhs_axes=(2, 3, 0, 1),
-        out_axes=(0, 3, 1, 2),
-        window_strides=(1, 1),
-        padding=((1, 1), (1, 1)),
-        lhs_dilation=(1, 1),
-        rhs_dilation=(1, 1),
-    )
+    corr = _dx_correlation(((1, 1), (1, 1)))
     rhs = (3, 3, 3, 64)
     # 56x56: 56 * 56 * 27 products (339 KB in float32) within SCATTER_BYTES.
     assert _taps.choose_mode((8, 56, 56, 64), rhs, corr) == "scatter"
