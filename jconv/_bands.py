@@ -8,8 +8,9 @@ rhs dilation; ``x~`` the lhs padded by ``(lo, hi)``)::
 
     out[k] = sum_n sum_{i < R} x~[n, k d + i r] dz[n, i]
 
-The sum over ``i`` splits into ``B`` bands of ``b`` rows (``dz`` padded with
-zero rows to ``B b`` where ``b`` does not divide ``R``; they add nothing)::
+The sum over ``i`` splits into ``B = R / b`` bands of ``b`` rows (``b`` a
+divisor of ``R``: padding ``dz`` with zero rows instead would multiply them
+with rows of ``x`` the sum never reads, and ``0 * inf`` is NaN)::
 
     out[k] = sum_n sum_{t < B} sum_{j < b} x~[n, t b r + k d + j r] dz[n, t b + j]
 
@@ -48,7 +49,6 @@ import math
 import jax.numpy as jnp
 from jax import lax
 
-from ._chunks import divisor_within
 from ._correlation import Correlation
 from ._taps import stack_bytes
 from ._terms import dense, entry_bytes, term_counts
@@ -68,17 +68,17 @@ MIN_BUDGET_BYTES = 1 << 22
 def band_rows(lhs_shape, rhs_shape, corr: Correlation, itemsize: int, taken) -> int | None:
     """Rows of ``dz`` per band (``b``) for :func:`rows_as_batch`, or ``None``.
 
-    Banded: dense correlations in positions mode (kernel gradients) of 2-D and
-    3-D convolutions (1-D kernel gradients stay XLA's, ``_correlate``) that
-    ``taken(lhs_shape, rhs_shape, corr)`` (the taps' rule) refuses and takes
-    banded. ``b`` is the largest that keeps a banded entry within
-    :data:`BAND_ENTRY_BYTES`, or :data:`MIN_BAND_ROWS` (a divisor of the rows
-    where one is at least half of it: no zero rows to pad), with at least two
-    bands and no more halo rows than band rows, where the bands' copy of the
-    lhs and a chunk's stacks fit :data:`MIN_BUDGET_BYTES` or twice the larger
-    operand. Larger windows copy more halo and stack more positions: a 7x7
-    over 4 images of 56x56x64 -> 16 would take 33 ms banded against XLA's 63,
-    but hold 10.2 against 4.0 MiB, and stays XLA's.
+    Banded: dense correlations in positions mode (kernel gradients) over two
+    or more spatial dims (1-D kernel gradients stay XLA's, ``_correlate``)
+    that ``taken(lhs_shape, rhs_shape, corr)`` (the taps' rule) refuses and
+    takes banded. ``b`` divides the rows into at least two bands of at least
+    :data:`MIN_BAND_ROWS`: the largest such divisor whose banded entry stays
+    within :data:`BAND_ENTRY_BYTES`, else the smallest. Not where consecutive
+    bands overlap by more rows than a band holds, nor where the bands' copy of
+    the lhs and a chunk's stacks outgrow :data:`MIN_BUDGET_BYTES` and twice
+    the larger operand. Larger windows copy more halo and stack more
+    positions: a 7x7 over 4 images of 56x56x64 -> 16 would take 33 ms banded
+    against XLA's 63, but hold 10.2 against 4.0 MiB, and stays XLA's.
     """
     window, outs = term_counts(lhs_shape, rhs_shape, corr)
     if not dense(corr) or len(window) < 2 or math.prod(outs) >= math.prod(window):
@@ -86,16 +86,16 @@ def band_rows(lhs_shape, rhs_shape, corr: Correlation, itemsize: int, taken) -> 
     if corr.lhs_dilation[0] != 1 or taken(lhs_shape, rhs_shape, corr):
         return None
     rows, n = window[0], lhs_shape[corr.lhs_axes[2]]
-    halo = (outs[0] - 1) * corr.window_strides[0]
-    step = corr.rhs_dilation[0]
+    d, r = corr.window_strides[0], corr.rhs_dilation[0]
+    divisors = [b for b in range(MIN_BAND_ROWS, rows // 2 + 1) if rows % b == 0]
+    if not divisors:
+        return None
     row_bytes = entry_bytes(lhs_shape, corr, itemsize) / n
-    most = max(MIN_BAND_ROWS, int((BAND_ENTRY_BYTES / row_bytes - 1 - halo) // step) + 1)
-    if most * step < halo:
-        return None
-    b = divisor_within(rows, most)
-    b = b if 2 * b >= min(most, rows) else most
-    if -(-rows // b) < 2:
-        return None
+    aim = int((BAND_ENTRY_BYTES / row_bytes - 1 - (outs[0] - 1) * d) // r) + 1
+    within = [b for b in divisors if b <= aim]
+    b = max(within) if within else divisors[0]
+    if _geometry(lhs_shape, rhs_shape, corr, b)[1] - b * r > b * r:
+        return None  # each band's halo (its overlap with the next) longer than the band
     banded = rows_as_batch_shapes(lhs_shape, rhs_shape, corr, b)
     held = math.prod(banded[0]) * itemsize + stack_bytes(*banded, itemsize)
     operands = max(math.prod(lhs_shape), math.prod(rhs_shape)) * itemsize
@@ -105,19 +105,17 @@ def band_rows(lhs_shape, rhs_shape, corr: Correlation, itemsize: int, taken) -> 
 
 
 def _geometry(lhs_shape, rhs_shape, corr: Correlation, b: int):
-    """``(bands, band lhs rows L, extra high padding of the lhs rows)``."""
+    """``(bands, L)``: how many bands, and the lhs rows each reads."""
     window, outs = term_counts(lhs_shape, rhs_shape, corr)
+    if window[0] % b:
+        raise ValueError(f"bands of {b} rows do not divide the window's {window[0]} rows")
     d, r = corr.window_strides[0], corr.rhs_dilation[0]
-    (lo, hi), n = corr.padding[0], lhs_shape[corr.lhs_axes[2]]
-    bands = -(-window[0] // b)
-    length = (outs[0] - 1) * d + (b - 1) * r + 1
-    extra = max(0, (bands - 1) * b * r + length - (n + lo + hi))
-    return bands, length, extra
+    return window[0] // b, (outs[0] - 1) * d + (b - 1) * r + 1
 
 
 def rows_as_batch_shapes(lhs_shape, rhs_shape, corr: Correlation, b: int):
     """The shapes and correlation :func:`rows_as_batch` returns, without arrays."""
-    bands, length, _ = _geometry(lhs_shape, rhs_shape, corr, b)
+    bands, length = _geometry(lhs_shape, rhs_shape, corr, b)
     lhs_b = list(lhs_shape)
     lhs_b[corr.lhs_axes[1]] *= bands
     lhs_b[corr.lhs_axes[2]] = length
@@ -138,20 +136,17 @@ def rows_as_batch(lhs, rhs, corr: Correlation, b: int):
     (module docstring). The band axis goes just after the batch (contracted
     feature) axis on both sides and is merged with it, image-major.
     """
-    bands, length, extra = _geometry(lhs.shape, rhs.shape, corr, b)
+    bands, length = _geometry(lhs.shape, rhs.shape, corr, b)
+    if not dense(corr) or corr.lhs_dilation[0] != 1:
+        raise ValueError("rows_as_batch takes dense correlations of an undilated lhs")
     la, lf = corr.lhs_axes[2], corr.lhs_axes[1]
     ra, rf = corr.rhs_axes[2], corr.rhs_axes[1]
     step = b * corr.rhs_dilation[0]
-    lo, hi = corr.padding[0]
     config = [(0, 0, 0)] * lhs.ndim
-    config[la] = (lo, hi + extra, 0)
+    config[la] = (*corr.padding[0], 0)  # bands read x~'s rows from 0 to (R - 1) r + (K - 1) d
     padded = lax.pad(lhs, jnp.zeros((), lhs.dtype), config)
     parts = [lax.slice_in_dim(padded, t * step, t * step + length, axis=la) for t in range(bands)]
     lhs_b = _merge_after(jnp.stack(parts, axis=lf + 1), lf)
-    if bands * b > rhs.shape[ra]:
-        config = [(0, 0, 0)] * rhs.ndim
-        config[ra] = (0, bands * b - rhs.shape[ra], 0)
-        rhs = lax.pad(rhs, jnp.zeros((), rhs.dtype), config)
     split = rhs.reshape(*rhs.shape[:ra], bands, b, *rhs.shape[ra + 1 :])  # bands at ra
     feature = rf if rf < ra else rf + 1
     moved = jnp.moveaxis(split, ra, feature if feature > ra else feature + 1)

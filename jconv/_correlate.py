@@ -138,9 +138,9 @@ def _taps_pays_on_cpu(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) ->
     with ``jconv bench`` (``experiments/README.md``):
 
     - grouped and depthwise correlations, and those with one input feature (a
-      fused broadcast product, as for depthwise): always, but for dense kernel
-      gradients of one image (one lhs feature: the batch), which go by the
-      rules below (and ``_bands.py``);
+      fused broadcast product, as for depthwise): always, but in positions
+      mode for dense ones (the kernel gradient of one image, whose one lhs
+      feature is the batch), which go by the rules below (and ``_bands.py``);
     - kernel gradients (positions mode: the output is smaller than the window)
       of a 1x1 kernel (one matmul), of 2 to 128 input channels (an im2col
       matmul per batch chunk; at 128, per-position matmuls, over images of at

@@ -41,9 +41,10 @@ def thin(lhs_shape, rhs_shape, corr: Correlation, window) -> bool:
     (an image's channels: the input gradient of a stem or of LeNet's first
     layer), where one matmul per tap would be a thin product re-reading the
     whole lhs. Without an lhs dilation (a unit-stride forward's input
-    gradient) only while one batch entry's products fit in a chunk
-    (:data:`SCATTER_BYTES`, counted in float32): the products are chunked by
-    whole entries, and over larger images XLA:CPU's own convolution is as fast
+    gradient) only while one batch entry's products fit :data:`SCATTER_BYTES`
+    (counted in float32; tap-major ones are chunked by entries of up to that,
+    past :data:`TAP_MAJOR_BYTES`): the products are chunked by whole entries,
+    and over larger images XLA:CPU's own convolution is as fast
     and holds nothing (64 -> 3 features, 3x3, ms XLA vs scatter: 2 images of
     224x224, 5.4 MB of products an image, 11.0 vs 12.8 and 0 vs 17.4 MiB; of
     112x112, 1.4 MB, 4.0 vs 5.0; 5x5 over 8 images of 56x56, 0.9 MB, 8.3 vs
