@@ -30,13 +30,15 @@ two halos' rows are read twice.
 
 Why: XLA:CPU's kernel gradient slows to a few GFLOP/s over large images (2
 images of 112x112, 64 -> 128, 3x3: 220-620 ms for 3.7 GFLOP; 1 image of
-224x224x64: 530-580 ms), and the taps' positions mode chunks the batch, so
+224x224x64: 470-670 ms), and the taps' positions mode chunks the batch, so
 over a few large images it either holds im2col stacks of whole images (one
 224x224x64 image: 123 MiB) or leaves the gradient to XLA. Over bands the batch
 has ``N B`` cache-sized entries and the taps' rules take it as they take many
-small images: those two 40-44 and 55-59 ms, at 13.2 vs 18.7 and 30.6 vs 24.6
-MiB; 2 images of 56x56x64 23 -> 7-10 ms (3.2 -> 3.9 MiB); one, 8.6 ms and 1.7
-MiB (XLA) or 5.5 ms and 7.7 MiB (taps, one image whole) -> 5.0 ms and 3.0 MiB.
+small images: those two 40-42 and 59-64 ms, at 15.3 vs 18.7 and 30.6 vs 24.6
+MiB; 2 images of 56x56x64 23 -> 8 ms (3.2 -> 3.9 MiB); one, 8.4-9.4 ms and 1.7
+MiB (XLA) or 5.5 ms and 7.7 MiB (taps, one image whole) -> 4.1-5.3 ms and 3.0
+MiB (measured on a 2-core AMD EPYC, family 25, where XLA's times moved 1.5x
+between runs).
 Where the taps take the unbanded gradient already, they keep it (8 images of
 28x28x128: 27 ms unbanded, 45 in bands).
 """
