@@ -40,7 +40,13 @@ rarely lands where some code paths apply. This draws only from one domain:
   both layouts, with half of them split by groups (``_groups.by_groups``; the
   unrolling bound lowered to one feature) and half of those unrolled where the
   taps lowering computes them (``_terms.term``). The run reports how many
-  correlations were split.
+  correlations were split;
+- ``rows_as_batch``: ``lowering="auto"`` on dense 1-D to 3-D convolutions of
+  2-6 input channels, strides 1-3, dilations 1-2, every padding form, both
+  layouts, with every kernel gradient whose rows have a divisor computed over
+  bands of a random divisor of them stacked on the batch (``_bands.py``; the
+  rule's bounds lifted, 1-D included). The run reports how many kernel
+  gradients took bands.
 
 Each is checked with the test suite's ``check_against_lax`` (values and all
 gradients, elementwise, scaled tolerance)::
@@ -52,6 +58,8 @@ gradients, elementwise, scaled tolerance)::
     python experiments/random_checks.py --domain scatter --configs 150 --seed 51 --dtype float64
     python experiments/random_checks.py --domain rows --configs 150 --seed 61 --dtype float64
     python experiments/random_checks.py --domain groups --configs 150 --seed 71 --dtype float64
+    python experiments/random_checks.py --domain rows_as_batch --configs 150 --seed 81 \
+        --dtype float64
 """
 
 from __future__ import annotations
@@ -69,6 +77,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import Config, _compiled, check_against_lax  # noqa: E402
 
 from jconv import (  # noqa: E402
+    _bands,
     _correlate,
     _cpu_xla,
     _fold,
@@ -179,6 +188,42 @@ def draw_groups(rng) -> Config:
     return dataclasses.replace(config, lowering="auto")
 
 
+def draw_rows_as_batch(rng) -> Config:
+    def channels():
+        return int(rng.integers(2, 7)), int(rng.integers(1, 6)), 1
+
+    config = _taps_config(rng, (5, 4, 3), lambda window: 2 * max(window), channels)
+    return dataclasses.replace(config, lowering="auto")
+
+
+def _force_rows_as_batch(rng, counted: set) -> None:
+    """Every dense positions-mode correlation whose rows have a divisor giving
+    two bands or more goes over bands of a random such divisor (``_bands``)."""
+    real_taps_pays, real_rows_as_batch = _correlate._taps_pays_on_cpu, _bands.rows_as_batch
+
+    def divisors(lhs_shape, rhs_shape, corr):
+        positions = _taps.choose_mode(lhs_shape, rhs_shape, corr) == "positions"
+        if not positions or not _terms.dense(corr) or corr.lhs_dilation[0] != 1:
+            return []
+        rows = rhs_shape[corr.rhs_axes[2]]
+        return [b for b in range(1, rows // 2 + 1) if rows % b == 0]
+
+    def band_rows(lhs_shape, rhs_shape, corr, *_):
+        found = divisors(lhs_shape, rhs_shape, corr)
+        return int(rng.choice(found)) if found else None
+
+    def taps_pays_on_cpu(lhs_shape, rhs_shape, corr, itemsize):
+        banded = bool(divisors(lhs_shape, rhs_shape, corr))
+        return not banded and real_taps_pays(lhs_shape, rhs_shape, corr, itemsize)
+
+    def rows_as_batch(lhs, rhs, corr, b):
+        counted.add((lhs.shape, rhs.shape, corr, b))
+        return real_rows_as_batch(lhs, rhs, corr, b)
+
+    _bands.band_rows, _bands.rows_as_batch = band_rows, rows_as_batch
+    _correlate._taps_pays_on_cpu = taps_pays_on_cpu
+
+
 def _taps_config(rng, window_end, extra, channels) -> Config:
     """A ``lowering="taps"`` config: 1-D to 3-D, windows below ``window_end[nd -
     1]``, strides 1-3, dilations 1-2, sizes below ``SIZES[nd] + extra(window)``,
@@ -211,7 +256,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--domain",
-        choices=["winograd", "regions", "cpu_xla", "bands", "scatter", "rows", "groups"],
+        choices=[
+            "winograd",
+            "regions",
+            "cpu_xla",
+            "bands",
+            "scatter",
+            "rows",
+            "groups",
+            "rows_as_batch",
+        ],
         default="winograd",
     )
     parser.add_argument("--configs", type=int, default=100)
@@ -276,6 +330,9 @@ def main() -> int:
     unrolled_features, looped_well = _terms.UNROLLED_FEATURES, _correlate._looped_well
     if args.domain == "regions":
         _regions.REGION_BYTES = 0  # regions on inputs of any size
+    stacked, stacked_count = set(), 0
+    if args.domain == "rows_as_batch":
+        _force_rows_as_batch(rng, stacked)
     if args.domain == "rows":  # the rows form wherever it can run
         _rows.ROWS_WASTE, _rows.ROWS_MIN_ROWS, _rows.ROWS_FEATURES = 10**6, 0, 10**6
     for _ in range(args.configs):
@@ -305,6 +362,8 @@ def main() -> int:
             forced = bool(rng.integers(0, 2))  # split by groups wherever it can be
             _terms.UNROLLED_FEATURES = 1 if forced else unrolled_features
             _correlate._looped_well = (lambda itemsize: lambda *a: True) if forced else looped_well
+        elif args.domain == "rows_as_batch":
+            config = draw_rows_as_batch(rng)
         elif args.domain == "rows":
             config = draw_rows(rng)
             _rows.ROWS_BYTES = 1 if rng.integers(0, 2) else rows_bytes  # one image a chunk
@@ -324,12 +383,15 @@ def main() -> int:
         pieces.clear()
         rows_count += len(rows)
         rows.clear()
+        stacked_count += len(stacked)
+        stacked.clear()
     what = f"{args.domain}, {args.dtype}, seed {args.seed}"
     took = f"; {routed[0]} compiled programs took the cpu_xla route" if routed[0] else ""
     took += f"; {banded[0]} kernel gradients took row bands" if banded[0] else ""
     took += f"; {pieces_count} kernel gradients took F(3, 2) pieces" if pieces_count else ""
     took += f"; {rows_count} kernel gradients took the rows form" if rows_count else ""
     took += f"; {split[0]} correlations were split by groups" if split[0] else ""
+    took += f"; {stacked_count} kernel gradients took bands as batch" if stacked_count else ""
     if tap_major_counts[0]:
         took += f"; {tap_major_counts[0]} correlations took tap-major products"
         took += f", {tap_major_counts[1]} of them the separable sum"
