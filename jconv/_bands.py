@@ -53,7 +53,7 @@ from jax import lax
 
 from ._correlation import Correlation
 from ._taps import stack_bytes
-from ._terms import dense, entry_bytes, term_counts
+from ._terms import dense, entry_bytes, pad_axis, resized, term_counts
 
 # Bytes of one banded entry (``L`` rows of one image) the band height aims at:
 # a chunk of the taps' positions mode (``_taps.CHUNK_BYTES``) ...
@@ -96,8 +96,8 @@ def band_rows(lhs_shape, rhs_shape, corr: Correlation, itemsize: int, taken) -> 
     aim = int((BAND_ENTRY_BYTES / row_bytes - 1 - (outs[0] - 1) * d) // r) + 1
     within = [b for b in divisors if b <= aim]
     b = max(within) if within else divisors[0]
-    if _geometry(lhs_shape, rhs_shape, corr, b)[1] - b * r > b * r:
-        return None  # each band's halo (its overlap with the next) longer than the band
+    if (outs[0] - 1) * d + 1 - r > b * r:
+        return None  # each band's halo (L - b r: its overlap with the next) longer than it
     banded = rows_as_batch_shapes(lhs_shape, rhs_shape, corr, b)
     held = math.prod(banded[0]) * itemsize + stack_bytes(*banded, itemsize)
     operands = max(math.prod(lhs_shape), math.prod(rhs_shape)) * itemsize
@@ -118,13 +118,10 @@ def _geometry(lhs_shape, rhs_shape, corr: Correlation, b: int):
 def rows_as_batch_shapes(lhs_shape, rhs_shape, corr: Correlation, b: int):
     """The shapes and correlation :func:`rows_as_batch` returns, without arrays."""
     bands, length = _geometry(lhs_shape, rhs_shape, corr, b)
-    lhs_b = list(lhs_shape)
-    lhs_b[corr.lhs_axes[1]] *= bands
-    lhs_b[corr.lhs_axes[2]] = length
-    rhs_b = list(rhs_shape)
-    rhs_b[corr.rhs_axes[1]] *= bands
-    rhs_b[corr.rhs_axes[2]] = b
-    return tuple(lhs_b), tuple(rhs_b), _banded(corr)
+    (lf, la), (rf, ra) = corr.lhs_axes[1:3], corr.rhs_axes[1:3]
+    lhs_b = resized(lhs_shape, (lf, la), (lhs_shape[lf] * bands, length))
+    rhs_b = resized(rhs_shape, (rf, ra), (rhs_shape[rf] * bands, b))
+    return lhs_b, rhs_b, _banded(corr)
 
 
 def _banded(corr: Correlation) -> Correlation:
@@ -144,9 +141,7 @@ def rows_as_batch(lhs, rhs, corr: Correlation, b: int):
     la, lf = corr.lhs_axes[2], corr.lhs_axes[1]
     ra, rf = corr.rhs_axes[2], corr.rhs_axes[1]
     step = b * corr.rhs_dilation[0]
-    config = [(0, 0, 0)] * lhs.ndim
-    config[la] = (*corr.padding[0], 0)  # bands read x~'s rows from 0 to (R - 1) r + (K - 1) d
-    padded = lax.pad(lhs, jnp.zeros((), lhs.dtype), config)
+    padded = pad_axis(lhs, la, *corr.padding[0])  # bands read rows 0 to (R - 1) r + (K - 1) d
     parts = [lax.slice_in_dim(padded, t * step, t * step + length, axis=la) for t in range(bands)]
     lhs_b = _merge_after(jnp.stack(parts, axis=lf + 1), lf)
     split = rhs.reshape(*rhs.shape[:ra], bands, b, *rhs.shape[ra + 1 :])  # bands at ra

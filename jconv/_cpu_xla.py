@@ -33,9 +33,8 @@ Taken by ``lowering="auto"`` on CPU only (``lax.platform_dependent``), for
 channels-last, unit-stride, undilated, ungrouped 2-D correlations with windows
 larger than 1x1, from at least :data:`MIN_FEATURES` input features to at
 least as many and at most :data:`MAX_OUT_FEATURES` output features (more than
-16 of either), that
-slide (window no larger than the output): forward passes and
-input gradients. Kernel gradients (positions: a window as large as the image)
+16 of either), that slide (window no larger than the output): forward passes
+and input gradients. Kernel gradients (positions: a window as large as the image)
 and channels-first operands (XLA would transpose every chunk) stay as they were.
 
 The forward's cost: YNNPACK fuses what consumes its convolution (the bias, and

@@ -58,8 +58,14 @@ def thin(lhs_shape, rhs_shape, corr: Correlation, window) -> bool:
         return False
     if any(d > 1 for d in corr.lhs_dilation):
         return True
+    return _entry_products(lhs_shape, corr, window, f_out) * 4 <= SCATTER_BYTES
+
+
+def _entry_products(lhs_shape, corr: Correlation, window, features: int) -> int:
+    """Every tap's products of one batch entry: the lhs's spatial size, times
+    the window's taps, times the output features."""
     spatial = math.prod(lhs_shape[a] for a in corr.lhs_axes[2:])
-    return spatial * math.prod(window) * f_out * 4 <= SCATTER_BYTES
+    return spatial * math.prod(window) * features
 
 
 def scatter_sum(lhs, rhs, corr: Correlation, precision, window, outs):
@@ -107,8 +113,8 @@ def scatter_sum(lhs, rhs, corr: Correlation, precision, window, outs):
 
     # The products are len(taps) times the lhs's spatial size: computed and
     # consumed a batch chunk at a time they stay in cache and never exist whole.
-    spatial = math.prod(lhs.shape[a] for a in corr.lhs_axes[2:])
-    entry_bytes = spatial * len(taps) * features * jnp.dtype(acc or lhs.dtype).itemsize
+    itemsize = jnp.dtype(acc or lhs.dtype).itemsize
+    entry_bytes = _entry_products(lhs.shape, corr, window, features) * itemsize
     most = (TAP_MAJOR_BYTES if tap_major else SCATTER_BYTES) // entry_bytes
     chunk = divisor_within(lhs.shape[corr.lhs_axes[0]], most)
     return in_batch_chunks(scatter, lhs, chunk, corr)

@@ -119,7 +119,6 @@ def _check_chunked(config, dtype, gradient):
 
     Called with a chunk budget patched small; compiles afresh under it.
     """
-    helpers._compiled.cache_clear()
     params, x, _ = config.arrays(dtype)
     kw = dict(config.kwargs, lowering=config.lowering)
     z = jconv.conv_forward(params, x, **kw)
@@ -133,15 +132,15 @@ def _check_chunked(config, dtype, gradient):
         jaxpr = jax.make_jaxpr(lambda dz, k: jconv.conv_grad_input(dz, k, x.shape, **kw))
         jaxpr = str(jaxpr(z, kernel))
     assert "while" in jaxpr or "scan" in jaxpr  # the chunk loop is really there
-    helpers.check_against_lax(config, dtype)
-    helpers._compiled.cache_clear()
+    helpers.check_against_lax_afresh(config, dtype)
 
 
 def test_row_bands_worked_cases():
     # 3x3@56 SAME over 64 channels, one image a chunk: 7.2 MB of stacks, two
     # bands of 28 dz rows (the docstring's case).
     x = (8, 56, 56, 64)
-    bands = _taps.row_bands(x, x, helpers.dk_correlation(((1, 1), (1, 1))), "positions", 1, 4)
+    same = helpers.dk_correlation(((1, 1), (1, 1)))
+    bands = _taps.row_bands(x, x, same, "positions", 1, 4)
     got = [(lhs_rows, rhs_rows, banded.padding[0]) for lhs_rows, rhs_rows, banded in bands]
     assert got == [((0, 29), (0, 28), (1, 0)), ((27, 56), (28, 56), (0, 1))]
     # The stem's (7x7, stride 2, padding 3 and 2: 112 dz rows): padded rows 0 to
@@ -153,12 +152,11 @@ def test_row_bands_worked_cases():
     assert got == [((0, 114), (0, 56), (3, 0)), ((109, 224), (56, 112), (0, 2))]
     # 53 dz rows (a prime): two bands, of 27 and 26 rows, not 53 of one.
     x = (8, 53, 53, 64)
-    bands = _taps.row_bands(x, x, helpers.dk_correlation(((1, 1), (1, 1))), "positions", 1, 4)
+    bands = _taps.row_bands(x, x, same, "positions", 1, 4)
     got = [(lhs_rows, rhs_rows, banded.padding[0]) for lhs_rows, rhs_rows, banded in bands]
     assert got == [((0, 28), (0, 27), (1, 0)), ((26, 53), (27, 53), (0, 1))]
     # Stacks within the budget, other modes: one band.
     small = (8, 28, 28, 64)
-    same = helpers.dk_correlation(((1, 1), (1, 1)))
     assert _taps.row_bands(small, small, same, "positions", 1, 4) == [None]
     assert _taps.row_bands(x, dz, corr, "placed", 1, 4) == [None]
 
@@ -505,23 +503,19 @@ REGIONS = [
 @pytest.mark.parametrize("config", REGIONS, ids=str)
 def test_taps_regions_match_lax(config, monkeypatch):
     monkeypatch.setattr(_regions, "REGION_BYTES", 0)  # small inputs take regions too
-    helpers._compiled.cache_clear()
     params, x, _ = config.arrays(jnp.float32)
     kw = dict(config.kwargs, lowering=config.lowering)
     jaxpr = str(jax.make_jaxpr(lambda p, x: jconv.conv_forward(p, x, **kw))(params, x))
     assert "pad" not in jaxpr.replace("padding", "")  # no padded copy of x
-    helpers.check_against_lax(config, jnp.float32)
-    helpers._compiled.cache_clear()
+    helpers.check_against_lax_afresh(config, jnp.float32)
 
 
 def test_regions_leave_outputs_that_read_only_padding_to_the_padded_lhs(monkeypatch):
     monkeypatch.setattr(_regions, "REGION_BYTES", 0)
-    helpers._compiled.cache_clear()
     # Padding 4 past a 2-tap window: the first outputs read padding only.
     config = Config(1, (3,), (2,), 1, 2, padding=((4, 0),), lowering="taps")
     assert _regions.pieces(3, 6, 2, 1, 1, 4)[0] == (0, 3, [])
-    helpers.check_against_lax(config, jnp.float32)
-    helpers._compiled.cache_clear()
+    helpers.check_against_lax_afresh(config, jnp.float32)
 
 
 def test_taps_without_padding_are_not_chunked(monkeypatch):

@@ -34,11 +34,7 @@ def _check_with_pieces(config, dtype, monkeypatch):
     pieces forced (the channel bound lowered to 1), asserting they were taken."""
     monkeypatch.setattr(_winograd, "GRADIENT_FEATURES", 1)
     calls = _counting_pieces(monkeypatch)
-    helpers._compiled.cache_clear()  # compile afresh under the patched bound
-    try:
-        check_against_lax(dataclasses.replace(config, lowering="winograd"), dtype)
-    finally:
-        helpers._compiled.cache_clear()
+    helpers.check_against_lax_afresh(dataclasses.replace(config, lowering="winograd"), dtype)
     assert calls, "the kernel gradient did not take the F(3, 2) pieces"
 
 
@@ -58,7 +54,6 @@ def test_winograd_in_bfloat16_matches_lax(monkeypatch):
 
 def test_winograd_batch_chunks_match_lax(monkeypatch):
     monkeypatch.setattr(_winograd, "WINOGRAD_BYTES", 1)  # one image per chunk
-    helpers._compiled.cache_clear()  # compile afresh under the patched budget
     config = Config(5, (6, 7), (3, 3), 3, 4, padding="SAME", lowering="winograd")
     params, x, _ = config.arrays(jnp.float32)
     jaxpr = str(
@@ -67,8 +62,7 @@ def test_winograd_batch_chunks_match_lax(monkeypatch):
         )(params, x)
     )
     assert "while" in jaxpr or "scan" in jaxpr
-    check_against_lax(config, jnp.float32)
-    helpers._compiled.cache_clear()
+    helpers.check_against_lax_afresh(config, jnp.float32)
 
 
 def test_worked_case_of_the_docstring():
@@ -202,7 +196,6 @@ def test_kernel_gradient_chunks_start_at_their_own_images(monkeypatch):
     # One image's transformed x: 16 positions x (4 x 3 pieces) x 4 channels x 4 bytes.
     monkeypatch.setattr(_winograd, "GRADIENT_BYTES", 2 * 16 * 12 * 4 * 4)
     calls = _counting_pieces(monkeypatch)
-    helpers._compiled.cache_clear()
     config = Config(4, (7, 6), (3, 3), 4, 5, padding="SAME", lowering="winograd")
     params, x, _ = config.arrays(jnp.float32)
     ct = jnp.ones(config.x_shape[:-1] + (5,))
@@ -214,6 +207,5 @@ def test_kernel_gradient_chunks_start_at_their_own_images(monkeypatch):
         )(x, ct)
     )
     assert "while" in jaxpr or "scan" in jaxpr
-    check_against_lax(config, jnp.float32)
-    helpers._compiled.cache_clear()
+    helpers.check_against_lax_afresh(config, jnp.float32)
     assert calls
