@@ -59,11 +59,11 @@ def correlate(lhs, rhs, corr: Correlation, precision=None, lowering: str = "auto
             forwards and input gradients as XLA's convolution with extra
             output rows, which XLA:CPU runs on every core (``_cpu_xla.py``);
             XLA's convolution (cuDNN on GPU) everywhere else. ``"auto"`` does
-            not take the tiles: they beat XLA:CPU's dense 3x3 convolution over
-            64 and 256 channels (training steps 3x3@56 54.0 -> 42.9 ms, 3x3@14
-            43.1 -> 36.4 ms) but hold more memory than autodiff's step (18.9 vs
-            12.4, 30.6 vs 5.3 MiB), and are slower over 128 channels in NCHW
-            (52.4 vs 45.4 ms).
+            not take the tiles: they beat XLA:CPU's dense 3x3 convolution and
+            torch over 64 and 256 channels (training steps 3x3@56 53.0 ms,
+            3x3@14 41.5 ms, torch 59.6 and 48.5, session 13) but hold more
+            memory than autodiff's step (14.7 vs 12.4, 31.6 vs 5.3 MiB), and
+            lose to torch over 128 channels in NCHW (61.0 vs 50.4 ms).
 
     Returns:
         The result, in ``lhs``'s dtype.

@@ -73,6 +73,28 @@ def test_worked_case_of_the_docstring():
     np.testing.assert_array_equal(_winograd.winograd_correlate(d, k, corr), [[[-2.0, -2.0]]])
 
 
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("swapped", [False, True], ids=["in-out", "out-in"])
+def test_kernel_transform_is_g_k_gt_per_feature_pair(d, swapped):
+    # The matmul form of G k Gᵀ against the per-dim definition, for kernels laid
+    # out (out, in, *window) and, as an input gradient's, (in, out, *window).
+    rng = np.random.default_rng(d)
+    k = rng.standard_normal((5, 4, *(3,) * d)).astype(np.float32)  # (out, in, *window)
+    rhs_axes = (1, 0, *range(2, d + 2)) if swapped else (0, 1, *range(2, d + 2))
+    axes = tuple(range(d + 2))
+    corr = Correlation(axes, rhs_axes, axes, (1,) * d, ((0, 0),) * d, (1,) * d, (1,) * d)
+    u = _winograd._kernel_transform(jnp.asarray(k), corr)
+    g = np.asarray(_winograd.G)
+    expected = np.moveaxis(k, (1, 0) if swapped else (0, 1), (0, 1))  # (out, in, *window)
+    for axis in range(2, d + 2):  # G along each window axis: (out, in, *4s)
+        expected = np.moveaxis(np.tensordot(expected, g, axes=([axis], [1])), -1, axis)
+    assert sorted(u) == sorted(np.ndindex(*(4,) * d))
+    for p, u_p in u.items():  # {p: (in, out)}
+        np.testing.assert_allclose(
+            u_p, expected[(slice(None), slice(None), *p)].T, rtol=1e-5, atol=1e-5
+        )
+
+
 def _applies(config):
     params, x, _ = config.arrays(jnp.float32)
     calls = []
