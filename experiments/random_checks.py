@@ -82,6 +82,7 @@ from jconv import (  # noqa: E402
     _cpu_xla,
     _fold,
     _groups,
+    _im2col,
     _regions,
     _rows,
     _scatter,
@@ -350,7 +351,7 @@ def main() -> int:
             _taps.CHUNK_BYTES = 1  # one image a chunk
             _fold.FOLD_TERMS = 1  # (folding replaces the chunk loop where it applies)
             _taps.BAND_STACK_BYTES = 1 if rng.integers(0, 2) else int(rng.integers(2, 8192))
-            _taps.STACK_BYTES = max(1, _taps.BAND_STACK_BYTES // 2)
+            _im2col.STACK_BYTES = max(1, _taps.BAND_STACK_BYTES // 2)
         elif args.domain == "scatter":
             config = draw_scatter(rng)
             _taps.choose_mode = lambda *shapes_and_corr: "scatter"

@@ -52,8 +52,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from ._correlation import Correlation
+from ._slicing import entry_bytes, pad_axis, resized, term_counts
 from ._taps import stack_bytes
-from ._terms import dense, entry_bytes, pad_axis, resized, term_counts
+from ._terms import dense
 
 # Bytes of one banded entry (``L`` rows of one image) the band height aims at:
 # a chunk of the taps' positions mode (``_taps.CHUNK_BYTES``) ...

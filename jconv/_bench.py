@@ -27,7 +27,7 @@ import numpy as np
 
 from . import autodiff
 from ._conv import conv_forward
-from ._spec import geometry, output_size
+from ._geometry import geometry, output_size
 from .testing._config import ConvConfig
 
 

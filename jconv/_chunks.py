@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ._correlation import Correlation
-from ._terms import resized
+from ._slicing import resized
 
 
 def divisor_within(size: int, most: int) -> int:

@@ -26,7 +26,8 @@ import jax
 
 from . import _rules
 from ._arrays import as_float_array, check_params, check_shape, common_dtype
-from ._spec import ConvGeometry, check_layout, check_output_shape, geometry
+from ._geometry import ConvGeometry, check_output_shape, geometry
+from ._spec import check_layout
 
 Array = jax.Array
 

@@ -20,14 +20,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from . import _bands, _cpu_xla, _groups, _placed, _rows, _taps, _terms, _winograd
+from . import _bands, _cpu_xla, _groups, _im2col, _placed, _rows, _slicing, _taps, _winograd
 from ._correlation import Correlation, accumulation_dtype
 
 # The taps lowering unrolls one einsum per term; beyond this many it stays XLA's.
 MAX_TERMS = 64
 # Dense kernel gradients use taps on CPU while one forward input entry is this small.
 MAX_ENTRY_BYTES = 1 << 20
-# ... and, unstacked (at _taps.STACKED_CHANNELS input channels), at least this large.
+# ... and, unstacked (at _im2col.STACKED_CHANNELS input channels), at least this large.
 MIN_UNSTACKED_ENTRY_BYTES = 1 << 18
 # ... and while a chunk's im2col stacks take at most this, or twice the operands.
 MAX_STACK_BYTES = 1 << 22
@@ -157,7 +157,7 @@ def _taps_pays_on_cpu(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) ->
     Everything else, 1x1 forwards included (XLA:CPU's convolution is a matmul
     there already, and its strided form beats slicing first), stays XLA's.
     """
-    window, outs = _terms.term_counts(lhs_shape, rhs_shape, corr)
+    window, outs = _slicing.term_counts(lhs_shape, rhs_shape, corr)
     if min(math.prod(window), math.prod(outs)) > MAX_TERMS:
         return False
     grouped = corr.feature_group_count > 1 or corr.batch_group_count > 1
@@ -179,15 +179,15 @@ def _taps_pays_on_cpu(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) ->
             # autodiff's memory. Strided forwards keep the taps (7 taps, stride
             # 2: 30.4 vs 36.2 ms).
             return math.prod(outs) == 1
-        entry = _terms.entry_bytes(lhs_shape, corr, itemsize)
+        entry = _slicing.entry_bytes(lhs_shape, corr, itemsize)
         channels = lhs_shape[corr.lhs_axes[0]]
         # At STACKED_CHANNELS the positions' matmuls go unstacked, which pays
         # over large images only (8 images, 128 channels, 3x3, ms taps vs XLA:
         # 28x28 21.4 vs 25.8 and NCHW 21.2 vs 35.1, 24x24 14.1 vs 17.2; 21x21
         # 27.7 vs 21.6, 14x14 11.4 vs 6.0, 7x7 4.9 vs 2.9).
-        wide = channels == _taps.STACKED_CHANNELS and entry < MIN_UNSTACKED_ENTRY_BYTES
+        wide = channels == _im2col.STACKED_CHANNELS and entry < MIN_UNSTACKED_ENTRY_BYTES
         small = entry <= MAX_ENTRY_BYTES and not wide
-        thin = 1 < channels <= _taps.STACKED_CHANNELS
+        thin = 1 < channels <= _im2col.STACKED_CHANNELS
         # The im2col stacks of a chunk (before any row bands) within
         # MAX_STACK_BYTES or twice the larger operand (XLA's own kernel gradient
         # takes about that: 12.4 MiB for 3x3@56's 6.4 MB operands); a 7x7 at

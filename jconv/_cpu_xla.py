@@ -68,7 +68,7 @@ import math
 import jax.numpy as jnp
 from jax import lax
 
-from . import _chunks, _terms
+from . import _chunks, _slicing
 from ._correlation import Correlation
 
 # Output bytes per batch chunk (the extra buffer the route holds at once).
@@ -94,7 +94,7 @@ def extra_rows(lhs_shape, rhs_shape, corr: Correlation) -> int:
     """Rows to add to the output so that it outgrows the lhs (0: the route does not apply)."""
     if not _eligible(lhs_shape, rhs_shape, corr):
         return 0
-    window, outs = _terms.term_counts(lhs_shape, rhs_shape, corr)
+    window, outs = _slicing.term_counts(lhs_shape, rhs_shape, corr)
     if math.prod(window) == 1:
         # YNNPACK spreads a 1x1 convolution (a matmul) itself: input gradients
         # over 8 images of 56x56x64 take 3.4 ms plain and 3.6 routed.
@@ -156,7 +156,7 @@ def cpu_xla_correlate(lhs, rhs, corr: Correlation, conv):
         out = conv(part, rhs, taller)
         return lax.slice_in_dim(out, 0, out.shape[rows_axis] - extra, axis=rows_axis)
 
-    outs = _terms.term_counts(lhs.shape, rhs.shape, corr)[1]  # the rows kept
+    outs = _slicing.term_counts(lhs.shape, rhs.shape, corr)[1]  # the rows kept
     per_entry = math.prod(outs) * rhs.shape[corr.rhs_axes[0]] * lhs.dtype.itemsize
     chunk = _chunks.divisor_within(lhs.shape[corr.lhs_axes[0]], CHUNK_BYTES // per_entry)
     return _chunks.in_batch_chunks(rows_kept, lhs, chunk, corr)

@@ -32,7 +32,8 @@ from jax import lax
 
 from ._chunks import divisor_within
 from ._correlation import Correlation, accumulation_dtype
-from ._terms import Plan, pad_axis, resized
+from ._slicing import pad_axis, resized
+from ._terms import Plan
 
 # Most products added in the folded loop (positions times slabs): XLA compiles
 # one fused expression with this many terms.

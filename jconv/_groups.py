@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from . import _terms
+from . import _slicing, _terms
 from ._chunks import dynamic_slice_bits, in_blocks
 from ._correlation import Correlation
 
@@ -67,8 +67,8 @@ def splits(lhs_shape, rhs_shape, corr: Correlation, looped_well) -> bool:
 def _blocks(lhs_shape, rhs_shape, corr: Correlation):
     """The shapes of one group's operands, and its dense correlation."""
     groups, lf, ro = corr.feature_group_count, corr.lhs_axes[1], corr.rhs_axes[0]
-    lhs_block = _terms.resized(lhs_shape, (lf,), (lhs_shape[lf] // groups,))
-    rhs_block = _terms.resized(rhs_shape, (ro,), (rhs_shape[ro] // groups,))
+    lhs_block = _slicing.resized(lhs_shape, (lf,), (lhs_shape[lf] // groups,))
+    rhs_block = _slicing.resized(rhs_shape, (ro,), (rhs_shape[ro] // groups,))
     return lhs_block, rhs_block, dataclasses.replace(corr, feature_group_count=1)
 
 

@@ -10,7 +10,7 @@ lo``, negative ones cropping). All positions then read the same ``x``, and
 with their shifted ``dz`` side by side on the output-feature axis they are one
 matmul: ``x`` as ``(C_in, N*H*W)`` times ``(N*H*W, positions*C_out)``.
 
-The im2col of ``_taps._stacked`` stacks the other operand, ``x``'s slices, so
+The im2col of ``_im2col.stacked_positions`` stacks the other operand, ``x``'s slices, so
 it suits few input channels (a stem); this one suits kernel gradients whose
 ``dz`` is the thinner operand (``C_out < C_in``), where XLA:CPU's convolution
 and the per-position matmuls are slow: GoogLeNet's 5x5, 192 -> 32, 31.6 ->
@@ -30,7 +30,8 @@ from jax import lax
 
 from ._chunks import divisor_within
 from ._correlation import Correlation
-from ._terms import dense, positions_last, term, term_counts
+from ._slicing import positions_last, term_counts
+from ._terms import dense, term
 
 # The shifted rhs copies of one batch chunk are kept under this many bytes.
 PLACED_BYTES = 1 << 22
@@ -77,7 +78,7 @@ def _copies_bytes(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) -> int
 
 
 def placed_positions(lhs, rhs, corr: Correlation, precision, acc, outs):
-    """Every position's term, stacked on a trailing axis (as ``_taps._place_positions``
+    """Every position's term, stacked on a trailing axis (as ``_slicing.place_positions``
     takes it), from one matmul.
 
     Args:

@@ -36,7 +36,8 @@ from jax import lax
 
 from ._arrays import as_float_array, check_shape
 from ._correlation import accumulation_dtype
-from ._spec import Pads, Shape, check_layout, data_axes, normalise_padding, ntuple, same_padding
+from ._geometry import same_padding
+from ._spec import Pads, Shape, check_layout, data_axes, normalise_padding, ntuple
 
 
 @dataclasses.dataclass(frozen=True)

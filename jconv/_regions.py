@@ -30,7 +30,8 @@ import math
 from jax import lax
 
 from ._correlation import Correlation
-from ._terms import kernel_tap, padded_shape, term, unrolls, window_slice
+from ._slicing import kernel_tap, padded_shape, window_slice
+from ._terms import term, unrolls
 
 # Regions are used while their sums have at most this many terms per window tap
 # (a 3x3 SAME window: 49 terms for 9 taps); past that the lhs is padded once.

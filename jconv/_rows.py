@@ -49,7 +49,8 @@ from jax import lax
 
 from ._chunks import batch_chunk, divisor_within, sum_of_chunks
 from ._correlation import Correlation, accumulation_dtype
-from ._terms import dense, laid_out, pad, term_counts, window_slice
+from ._slicing import laid_out, pad, term_counts, window_slice
+from ._terms import dense
 
 # Most products the matmul computes per product of the kernel gradient (V / K).
 ROWS_WASTE = 8

@@ -34,7 +34,8 @@ from jax import lax
 from ._arrays import accumulated_sum
 from ._correlate import correlate
 from ._correlation import Correlation
-from ._spec import ConvGeometry, data_axes
+from ._geometry import ConvGeometry
+from ._spec import data_axes
 
 
 def forward(x, kernel, geom: ConvGeometry):

@@ -18,17 +18,8 @@ from jax import lax
 
 from ._chunks import divisor_within, in_batch_chunks
 from ._correlation import Correlation, accumulation_dtype
-from ._terms import (
-    Plan,
-    dense,
-    interleave,
-    kernel_tap,
-    pad,
-    pad_axis,
-    tap_starts,
-    term,
-    window_slice,
-)
+from ._slicing import interleave, kernel_tap, pad, pad_axis, tap_starts, window_slice
+from ._terms import Plan, dense, term
 
 # Output features up to which a correlation counts as thin (see :func:`thin`).
 THIN = 4

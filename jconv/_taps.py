@@ -36,26 +36,25 @@ import math
 import jax.numpy as jnp
 from jax import lax
 
+from . import _im2col
 from ._chunks import batch_chunk, divisor_within, in_batch_chunks, sum_of_chunks
 from ._correlation import Correlation, accumulation_dtype
 from ._fold import folded_positions, folds
 from ._placed import placed_chunk, placed_positions, places
 from ._regions import region_cuts, region_sum
 from ._scatter import scatter_sum, thin
-from ._terms import (
-    dense,
+from ._slicing import (
     entry_bytes,
     kernel_tap,
     pad,
     padded_shape,
-    positions_last,
+    place_positions,
     resized,
     tap_starts,
-    term,
     term_counts,
-    unrolls,
     window_slice,
 )
+from ._terms import term, unrolls
 
 
 def taps_correlate(lhs, rhs, corr: Correlation, precision=None, by: str | None = None):
@@ -207,7 +206,7 @@ def _contraction_chunk(lhs_shape, itemsize, corr: Correlation, positions: int) -
 def stack_bytes(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) -> int:
     """Bytes of every position's piece of one batch chunk: what positions mode
     holds at its peak, as XLA materialises the pieces of all positions (stacked
-    by :func:`_stacked`, or each its own matmul operand) before the matmuls."""
+    by ``_im2col.stacked_positions``, or each its own matmul operand) before the matmuls."""
     window, outs = term_counts(lhs_shape, rhs_shape, corr)
     chunk = _contraction_chunk(lhs_shape, itemsize, corr, math.prod(outs))
     entries = chunk or lhs_shape[corr.lhs_axes[1]]
@@ -241,8 +240,8 @@ def _chunked_sum(lhs, rhs, corr: Correlation, precision, by, window, outs, chunk
 
 
 # Positions mode splits a chunk's window rows into bands while its im2col
-# stacks would exceed this many bytes.
-BAND_STACK_BYTES = 1 << 22
+# stacks would exceed this many bytes: two of the stacked matmuls' groups.
+BAND_STACK_BYTES = 2 * _im2col.STACK_BYTES
 
 
 def row_bands(lhs_shape, rhs_shape, corr: Correlation, by, chunk, itemsize):
@@ -270,7 +269,7 @@ def row_bands(lhs_shape, rhs_shape, corr: Correlation, by, chunk, itemsize):
     if by != "positions" or corr.lhs_dilation[0] != 1:
         return [None]
     window, outs = term_counts(lhs_shape, rhs_shape, corr)
-    if not _stacks(lhs_shape[corr.lhs_axes[0]], corr, math.prod(outs)):
+    if not _im2col.stacks(lhs_shape[corr.lhs_axes[0]], corr, math.prod(outs)):
         return [None]
     part = resized(lhs_shape, (corr.lhs_axes[1],), (chunk,))
     stacks = stack_bytes(part, resized(rhs_shape, (corr.rhs_axes[1],), (chunk,)), corr, itemsize)
@@ -343,10 +342,10 @@ def _sum_of_terms(lhs, rhs, corr: Correlation, precision, by, window, outs):
         return pad(part, corr.out_axes[2:], corr)
     if by == "folded":
         stacked = folded_positions(lhs, rhs, corr, acc, window, outs)
-        return _place_positions(stacked, outs, corr.out_axes)
+        return place_positions(stacked, outs, corr.out_axes)
     if by == "placed":
         stacked = placed_positions(lhs, rhs, corr, precision, acc, outs)
-        return _place_positions(stacked, outs, corr.out_axes)
+        return place_positions(stacked, outs, corr.out_axes)
     # Pad (and dilate) once: every term is then a plain strided slice, which XLA
     # fuses into its consumer with no per-element bounds checks.
     xp = pad(lhs, lhs_sp, corr)
@@ -360,86 +359,10 @@ def _sum_of_terms(lhs, rhs, corr: Correlation, precision, by, window, outs):
     positions = itertools.product(*(range(o) for o in outs))
     starts = [[p * s for p, s in zip(pos, corr.window_strides, strict=True)] for pos in positions]
     summed = tuple(range(len(window)))
-    if _stacks(xp.shape[corr.lhs_axes[0]], corr, len(starts)):
-        stacked = _stacked(xp, rhs, corr, precision, acc, window, starts)
+    if _im2col.stacks(xp.shape[corr.lhs_axes[0]], corr, len(starts)):
+        stacked = _im2col.stacked_positions(xp, rhs, corr, precision, acc, window, starts)
     else:
         pieces = (window_slice(xp, lhs_sp, at, window, corr.rhs_dilation) for at in starts)
         rows = [term(piece, rhs, corr, summed, precision, acc) for piece in pieces]
         stacked = jnp.stack(rows, axis=-1)
-    return _place_positions(stacked, outs, corr.out_axes)
-
-
-def _stacked(xp, rhs, corr: Correlation, precision, acc, window, starts):
-    """Positions mode as im2col matmuls: the positions' pieces stacked, in planes.
-
-    The padded lhs is first laid out planar, ``(batch, feature, *spatial)``: the
-    kernel gradient's batch is ``x``'s channels and its feature ``x``'s batch,
-    so each channel becomes a plane of contiguous rows. The pieces (one per
-    output position) are stacked on that leading axis, in groups of at most
-    :data:`STACK_BYTES`, at least :data:`MIN_GROUPS` of them, of even sizes (9
-    positions over 2 groups are 5 and 4); each group is then a row-major ``(M,
-    K)`` matmul operand, and ``dz`` (its batch and positions leading) a
-    row-major ``(K, N)`` one, so XLA:CPU transposes neither. Stacked channels-last instead, the
-    stack or ``dz`` was transposed for every group: the stem's kernel gradient
-    (3 channels, 49 positions) took 67-74 ms that way and takes 22-25 ms
-    planar; 3x3@56 (64 channels) 23 -> 21 ms and 11.5 -> 8.5 MiB. The
-    positions are split back off the output batch axis.
-    """
-    planar = jnp.transpose(xp, corr.lhs_axes)
-    corr = dataclasses.replace(corr, lhs_axes=tuple(range(xp.ndim)))
-    spatial = corr.lhs_axes[2:]
-    pieces = [window_slice(planar, spatial, at, window, corr.rhs_dilation) for at in starts]
-    summed = tuple(range(len(window)))
-    ob = corr.out_axes[0]
-    axis = sorted(corr.out_axes[:2]).index(ob)
-    size = pieces[0].size * pieces[0].dtype.itemsize
-    per_group = max(1, STACK_BYTES // size)  # at most, ...
-    groups = min(len(pieces), max(-(-len(pieces) // per_group), MIN_GROUPS))
-    parts, first = [], 0
-    for g in range(groups):  # ... as even as they go: 9 over 2 groups are 5 and 4
-        group = pieces[first : first + len(pieces) // groups + (g < len(pieces) % groups)]
-        first += len(group)
-        part = term(jnp.concatenate(group, axis=0), rhs, corr, summed, precision, acc)
-        parts.append(positions_last(part, axis, len(group)))
-    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
-
-
-# Positions mode stacks pieces for one matmul up to this many bytes at a time:
-# half a band (see row_bands). A whole band's pieces in one group, XLA:CPU
-# copied each piece out and then concatenated them, instead of one fused loop
-# (3x3@56's kernel gradient in 2 MiB bands: 25 ms in one group a band, 21.0 in
-# two; without bands, 19.2).
-STACK_BYTES = BAND_STACK_BYTES // 2
-# ... and in at least this many groups: one stack of all 9 positions of a 3x3
-# was slower than two (the kernel gradient over 8 images of 28x28x64: 8.2 vs
-# 5.4 ms; three such layers' training step 43 -> 33 ms, 13.1 -> 11.6 MiB).
-MIN_GROUPS = 2
-
-
-def _stacks(channels: int, corr: Correlation, positions: int) -> bool:
-    """Whether positions mode computes one im2col matmul rather than one per position.
-
-    Stacking pays when each position's matmul is thin, i.e. few lhs batch entries
-    (the kernel gradient's input channels; the stem's 3). Measured on XLA:CPU with
-    planar stacks (:func:`_stacked`): the stem 74 -> 28 ms and ResNet 3x3@56 (64
-    channels) 49 -> 25 ms against XLA; at 192 channels (GoogLeNet) stacking gains
-    nothing (31 vs 33 ms), at 256 (3x3@14) 25 -> 20 ms but at 7.3 instead of 3.8
-    MiB, over autodiff's memory, and with a single channel (LeNet) 2.0 -> 1.4 ms
-    at 3.5 instead of 1.0 MiB. Dense correlations only: the stack would cut
-    across the groups.
-    """
-    return dense(corr) and positions > 1 and 1 < channels < STACKED_CHANNELS
-
-
-# Positions mode stacks (im2col) below this many lhs batch entries (see _stacks).
-STACKED_CHANNELS = 128
-
-
-def _place_positions(stacked, outs, out_axes):
-    """The output from per-position results stacked on a trailing axis."""
-    ob, of, *os_ = out_axes
-    stacked = stacked.reshape(*stacked.shape[:-1], *outs)
-    # stacked axes: the non-spatial out axes in increasing order, then spatial.
-    current = sorted((ob, of)) + list(os_)
-    perm = [current.index(a) for a in range(len(current))]
-    return jnp.transpose(stacked, perm)
+    return place_positions(stacked, outs, corr.out_axes)

@@ -1,11 +1,12 @@
-"""One term of a correlation, and the slicing it reads: the taps lowering's parts.
+"""One term of a correlation: the taps lowering's products.
 
 A term contracts one strided slice of the (padded, dilated) lhs with the rhs
 over the feature axis within each group. :func:`term` does that as an einsum (a
 matmul for dense correlations, a batched matmul for grouped ones) or, where there
 is nothing to contract (depthwise), as a broadcast product that XLA fuses with
 the surrounding terms into one loop. Every array keeps its own layout: groups are
-split off in place, which is free, so no operand is transposed or copied.
+split off in place, which is free, so no operand is transposed or copied. The
+slices a term reads are cut by ``_slicing.py``.
 """
 
 from __future__ import annotations
@@ -18,115 +19,6 @@ import jax.numpy as jnp
 from jax import lax
 
 from ._correlation import Correlation
-
-
-def term_counts(lhs_shape, rhs_shape, corr: Correlation):
-    """``(window, outputs)``: the spatial sizes of the rhs and of the result."""
-    window = tuple(rhs_shape[a] for a in corr.rhs_axes[2:])
-    padded = padded_shape(lhs_shape, corr)
-    outs = [
-        (padded[axis] - (k - 1) * rd - 1) // s + 1
-        for axis, k, rd, s in zip(
-            corr.lhs_axes[2:], window, corr.rhs_dilation, corr.window_strides, strict=True
-        )
-    ]
-    return window, tuple(outs)
-
-
-def padded_shape(lhs_shape, corr: Correlation) -> tuple[int, ...]:
-    """The shape of :func:`pad`'s result: the lhs dilated and edge-padded."""
-    shape = list(lhs_shape)
-    for axis, (lo, hi), d in zip(corr.lhs_axes[2:], corr.padding, corr.lhs_dilation, strict=True):
-        shape[axis] = (shape[axis] - 1) * d + 1 + lo + hi
-    return tuple(shape)
-
-
-def pad(a, axes, corr: Correlation):
-    """Edge and interior (dilation) padding of ``a`` on ``axes``, explicitly."""
-    config = [(0, 0, 0)] * a.ndim
-    for axis, (lo, hi), d in zip(axes, corr.padding, corr.lhs_dilation, strict=True):
-        config[axis] = (lo, hi, d - 1)
-    if all(c == (0, 0, 0) for c in config):
-        return a
-    return lax.pad(a, jnp.zeros((), a.dtype), config)
-
-
-def pad_axis(a, axis: int, low: int, high: int):
-    """``a`` zero-padded by ``(low, high)`` on ``axis`` alone."""
-    if low == high == 0:
-        return a
-    config = [(0, 0, 0)] * a.ndim
-    config[axis] = (low, high, 0)
-    return lax.pad(a, jnp.zeros((), a.dtype), config)
-
-
-def window_slice(a, axes, starts, counts, strides):
-    begin, limit, step = [0] * a.ndim, list(a.shape), [1] * a.ndim
-    for axis, s0, n, t in zip(axes, starts, counts, strides, strict=True):
-        begin[axis], limit[axis], step[axis] = s0, s0 + (n - 1) * t + 1, t
-    return lax.slice(a, begin, limit, step)
-
-
-def interleave(phases, axes, dil, outs):
-    """``out[p + d m] = phases[p][m]`` per axis, cropped to ``outs``."""
-    arrays = dict(phases)
-    for level in reversed(range(len(axes))):  # merge the last phase index first
-        a, d = axes[level], dil[level]
-        merged = {}
-        for key in {k[:level] for k in arrays}:
-            parts = [arrays[(*key, p)] for p in range(d)]
-            stacked = jnp.stack(parts, axis=a + 1)
-            shape = list(parts[0].shape)
-            shape[a] *= d
-            merged[key] = stacked.reshape(shape)
-        arrays = merged
-    out = arrays[()]
-    return lax.slice(
-        out,
-        [0] * out.ndim,
-        [outs[axes.index(a)] if a in axes else n for a, n in enumerate(out.shape)],
-    )
-
-
-def laid_out(out, axes, corr: Correlation):
-    """``out``, whose (batch, feature, *spatial) roles sit on ``axes``, transposed
-    to ``corr.out_axes``."""
-    order = [0] * out.ndim
-    for axis, role_out in zip(axes, corr.out_axes, strict=True):
-        order[role_out] = axis
-    return out if order == list(range(out.ndim)) else jnp.transpose(out, order)
-
-
-def resized(shape, axes, sizes) -> tuple[int, ...]:
-    """``shape`` with each of ``axes`` given the matching size of ``sizes``."""
-    shape = list(shape)
-    for axis, size in zip(axes, sizes, strict=True):
-        shape[axis] = size
-    return tuple(shape)
-
-
-def positions_last(out, axis: int, count: int):
-    """``out`` with ``count`` positions split off the front of ``axis`` (position-major
-    there, as an im2col matmul leaves them) and moved to a new trailing axis."""
-    out = out.reshape(*out.shape[:axis], count, -1, *out.shape[axis + 1 :])
-    return jnp.moveaxis(out, axis, -1)
-
-
-def tap_starts(tap, corr: Correlation) -> list[int]:
-    """Where window tap ``tap`` starts in the (dilated) window: ``tap * rhs_dilation``."""
-    return [t * rd for t, rd in zip(tap, corr.rhs_dilation, strict=True)]
-
-
-def kernel_tap(rhs, corr: Correlation, tap):
-    """The rhs at window tap ``tap``, its spatial axes dropped: ``(out, in)`` features."""
-    spatial = corr.rhs_axes[2:]
-    ones = [1] * len(tap)
-    return lax.squeeze(window_slice(rhs, spatial, tap, ones, ones), spatial)
-
-
-def entry_bytes(lhs_shape, corr: Correlation, itemsize: int) -> int:
-    """Bytes of one entry of the lhs feature axis (one image of a kernel gradient's x)."""
-    return math.prod(lhs_shape) // lhs_shape[corr.lhs_axes[1]] * itemsize
 
 
 def _split_shape(shape, axis: int, groups: int) -> tuple[int, ...]:
@@ -289,7 +181,7 @@ class Plan:
             # be transposed: the smaller (1x1 stride-2 kernel gradient, x larger:
             # 8.6 ms without the axis, 4.3 ms with it; 1x1 expand, x smaller: the
             # same time and 25 -> 6 MiB without it). A planar im2col stack
-            # (``_taps._stacked``) has them minor: neither is transposed.
+            # (``_im2col.stacked_positions``) has them minor: neither is transposed.
             split_lhs = split_rhs = None
         else:
             split_rhs = ro

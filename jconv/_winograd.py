@@ -27,8 +27,9 @@ inputs and needs 16 products instead of 36. With channels, the elementwise
 product over a tile's 16 transformed positions becomes 16 matmuls contracting
 the input features, over all tiles of the batch at once, which is where the
 time goes: 2.25 times fewer multiply-adds than the direct correlation, for
-three cheap elementwise passes (the input transform ``Bᵀ d B``, the kernel
-transform ``G k Gᵀ``, once, and the output transform ``Aᵀ m A``).
+two cheap elementwise passes (the input transform ``Bᵀ d B`` and the output
+transform ``Aᵀ m A``) and the kernel transform ``G k Gᵀ``, once per pass (one
+small matmul).
 
 Padding: with ``lo``/``hi`` zeros added to ``n`` entries the output has
 ``o = n + lo + hi - 2`` entries per dim; ``T = ceil(o / 2)`` tiles read
@@ -81,7 +82,7 @@ from jax import lax
 
 from ._chunks import batch_chunk, divisor_within, in_batch_chunks, sum_of_chunks
 from ._correlation import Correlation, accumulation_dtype
-from ._terms import interleave, laid_out, term_counts, window_slice
+from ._slicing import interleave, laid_out, term_counts, window_slice
 
 # Bᵀ (input), G (kernel) and Aᵀ (output) of F(2, 3), as rows of coefficients.
 B_T = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))

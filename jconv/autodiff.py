@@ -152,7 +152,7 @@ def _xla_hazard(x_shape, kernel_shape, spec) -> bool:
       lax's input gradient has one for a 2-wide, stride-2, undilated dim with
       low padding 1 and no high padding left over, in an ungrouped convolution.
     """
-    from ._spec import resolve
+    from ._geometry import resolve
 
     geom = resolve(spec, x_shape, kernel_shape, "autodiff.conv_forward")
     for m in geom.dims():

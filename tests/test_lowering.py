@@ -14,7 +14,7 @@ from helpers import Config
 from test_equivalence import GRID
 
 import jconv
-from jconv import _bench, _chunks, _correlate, _fold, _placed, _regions, _scatter, _taps
+from jconv import _bench, _chunks, _correlate, _fold, _im2col, _placed, _regions, _scatter, _taps
 from jconv._correlation import Correlation
 from jconv._spec import LOWERINGS
 
@@ -189,7 +189,7 @@ def test_banded_kernel_gradient_matches_lax(config, rows, monkeypatch):
     stacks = math.prod(config.window) * config.c_in * math.prod(spatial) * 4  # of one image
     budget = 1 if rows == "one" else stacks // 2  # bands of one dz row, or of about half
     monkeypatch.setattr(_taps, "BAND_STACK_BYTES", budget)
-    monkeypatch.setattr(_taps, "STACK_BYTES", max(1, budget // 2))
+    monkeypatch.setattr(_im2col, "STACK_BYTES", max(1, budget // 2))
     kernel_shape = params["kernel"].shape
     dk = jax.make_jaxpr(
         lambda x, dz: jconv.conv_grad_kernel(x, dz, kernel_shape, lowering="taps", **config.kwargs)
@@ -577,7 +577,7 @@ def test_kernel_gradient_stacks_go_in_two_groups_at_least(monkeypatch):
         return dk.lower(x, x).as_text().count("stablehlo.dot_general")
 
     assert matmuls() == 2
-    monkeypatch.setattr(_taps, "MIN_GROUPS", 1)
+    monkeypatch.setattr(_im2col, "MIN_GROUPS", 1)
     assert matmuls() == 1
 
 
@@ -698,7 +698,7 @@ def test_torch_contender_computes_the_same_output_shape(config):
     if small.layout == "channels_last":
         z = jnp.moveaxis(z, -1, 1)
     assert z_torch.shape == z.shape
-    geom = jconv._spec.geometry(
+    geom = jconv._geometry.geometry(
         small.x_shape, small.kernel_shape, **small.kwargs, precision=None, where="test"
     )
     if _bench._torch_padding(small) in (list(geom.padding), tuple(lo for lo, _ in geom.padding)):

@@ -68,7 +68,7 @@ def db_missing_sum(dz):
 
 def dk_stride_off_by_one(dz, k, x):
     # dL/dK as a correlation whose dz dilation is stride + 1 instead of stride.
-    geom = jconv._spec.geometry(
+    geom = jconv._geometry.geometry(
         x.shape, k.shape, **SPEC, dilation=1, layout="channels_last", precision=None, where="t"
     )
     pads = tuple(

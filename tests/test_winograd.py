@@ -74,24 +74,33 @@ def test_worked_case_of_the_docstring():
 
 
 @pytest.mark.parametrize("d", [1, 2, 3])
-@pytest.mark.parametrize("swapped", [False, True], ids=["in-out", "out-in"])
-def test_kernel_transform_is_g_k_gt_per_feature_pair(d, swapped):
-    # The matmul form of G k Gᵀ against the per-dim definition, for kernels laid
-    # out (out, in, *window) and, as an input gradient's, (in, out, *window).
+@pytest.mark.parametrize("layout", ["out-in-window", "in-out-window", "window-in-out"])
+def test_kernel_transform_is_g_k_gt_per_feature_pair(d, layout, x64):
+    # The matmul form of G k Gᵀ against the per-dim definition, for a kernel laid
+    # out OIHW-like, with its in/out roles swapped (an input gradient's), and
+    # HWIO-like (spatial axes first).
     rng = np.random.default_rng(d)
-    k = rng.standard_normal((5, 4, *(3,) * d)).astype(np.float32)  # (out, in, *window)
-    rhs_axes = (1, 0, *range(2, d + 2)) if swapped else (0, 1, *range(2, d + 2))
+    rhs = rng.standard_normal((5, 4, *(3,) * d))
+    window = tuple(range(2, d + 2))
+    rhs_axes = {
+        "out-in-window": (0, 1, *window),
+        "in-out-window": (1, 0, *window),
+        "window-in-out": (d + 1, d, *range(d)),
+    }[layout]
+    if layout == "window-in-out":
+        rhs = np.transpose(rhs, (*window, 1, 0))
     axes = tuple(range(d + 2))
     corr = Correlation(axes, rhs_axes, axes, (1,) * d, ((0, 0),) * d, (1,) * d, (1,) * d)
-    u = _winograd._kernel_transform(jnp.asarray(k), corr)
+    u = _winograd._kernel_transform(jnp.asarray(rhs), corr)
     g = np.asarray(_winograd.G)
-    expected = np.moveaxis(k, (1, 0) if swapped else (0, 1), (0, 1))  # (out, in, *window)
+    expected = np.transpose(rhs, rhs_axes)  # (out, in, *window) by role
     for axis in range(2, d + 2):  # G along each window axis: (out, in, *4s)
         expected = np.moveaxis(np.tensordot(expected, g, axes=([axis], [1])), -1, axis)
     assert sorted(u) == sorted(np.ndindex(*(4,) * d))
     for p, u_p in u.items():  # {p: (in, out)}
+        assert u_p.dtype == jnp.float64
         np.testing.assert_allclose(
-            u_p, expected[(slice(None), slice(None), *p)].T, rtol=1e-5, atol=1e-5
+            u_p, expected[(slice(None), slice(None), *p)].T, rtol=1e-12, atol=1e-12
         )
 
 
