@@ -2,7 +2,16 @@
 
 import os
 
-import jax
+# The tests compile hundreds of small programs and run each once: XLA's LLVM
+# backend at -O0 compiles them about 30 % faster (the HLO passes, fusion and
+# buffer assignment, which decide what the lowerings compute and how much
+# memory they hold, are unchanged). Set before JAX starts its CPU backend.
+if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+    ).strip()
+
+import jax  # noqa: E402
 import pytest
 from hypothesis import HealthCheck, settings
 

@@ -10,9 +10,10 @@ entry's sum of absolute terms).
 import dataclasses
 import itertools
 
+import chex
 import jax.numpy as jnp
 import pytest
-from helpers import Config, check_against_lax
+from helpers import JCONV, Config, check_against_lax, value_and_grads
 
 # (c_in, c_out, groups): dense, grouped, depthwise, depthwise with multiplier 2.
 GROUPINGS = {
@@ -21,7 +22,8 @@ GROUPINGS = {
     "depthwise": (4, 4, 4),
     "depthwise_x2": (3, 6, 3),
 }
-PADDINGS_2D = ["VALID", "SAME", "SAME_LOWER", ((2, 0), (1, 3)), 0, (1, 2)]
+# (The shorthand 0 is VALID's pairs: test_padding_shorthands_are_their_pairs.)
+PADDINGS_2D = ["VALID", "SAME", "SAME_LOWER", ((2, 0), (1, 3)), (1, 2)]
 STRIDES_2D = [(1, 1), (1, 2), (2, 1), (3, 3)]
 DILATIONS_2D = [1, 2, (2, 1), (1, 2)]
 
@@ -104,7 +106,7 @@ def test_grid_covers_the_required_cases():
     strides = {c.stride for c in GRID}
     assert {(1, 1), (1, 2), (2, 1), (3, 3)} <= strides
     paddings = {str(c.padding) for c in GRID}
-    assert {"VALID", "SAME", "SAME_LOWER", "0"} <= paddings
+    assert {"VALID", "SAME", "SAME_LOWER", "(1, 2)"} <= paddings
     assert any(
         isinstance(c.padding, tuple)
         and any(isinstance(p, tuple) and p[0] != p[1] for p in c.padding)
@@ -134,11 +136,12 @@ def test_float32_matches_lax_autodiff(config, lowering):
     check_against_lax(dataclasses.replace(config, lowering=lowering), jnp.float32)
 
 
-# Every fifth configuration in float64 (5 is prime to the grid's cycles of 2, 3
-# and 4, so the sample still crosses every grouping, layout, bias, batch and
-# dilation): float64 checks the rules' exactness to 1e-12, while the float32
-# grid above checks every configuration under every lowering.
-GRID_64 = GRID[::5]
+# Every fifth configuration in float64, from the second (5 is prime to the
+# grid's cycles of 2, 3 and 4, so the sample still crosses every grouping,
+# layout, bias, batch and dilation; the test below checks it): float64 checks
+# the rules' exactness to 1e-12, while the float32 grid above checks every
+# configuration under every lowering.
+GRID_64 = GRID[1::5]
 
 
 def test_float64_sample_covers_every_kind():
@@ -156,3 +159,19 @@ def test_float64_sample_covers_every_kind():
 @pytest.mark.parametrize("config", GRID_64, ids=_id)
 def test_float64_matches_lax_autodiff(config, x64):
     check_against_lax(config, jnp.float64)
+
+
+@pytest.mark.parametrize(
+    "shorthand, pairs", [(0, ((0, 0), (0, 0))), (1, ((1, 1), (1, 1))), ((1, 2), ((1, 1), (2, 2)))]
+)
+def test_padding_shorthands_are_their_pairs(shorthand, pairs):
+    """An int or per-dim ints pad both sides: the same values and gradients as the
+    explicit pairs, which the grid checks against lax."""
+    config = Config(
+        2, (9, 7), (3, 2), 4, 6, groups=2, stride=(2, 1), dilation=(1, 2), padding=pairs
+    )
+    params, x, ct = config.arrays(jnp.float32)
+    want = value_and_grads(JCONV["auto"], config, params, x, ct)
+    short = dataclasses.replace(config, padding=shorthand)
+    got = value_and_grads(JCONV["auto"], short, params, x, ct)
+    chex.assert_trees_all_equal(got, want)

@@ -27,7 +27,11 @@ def test_conv_init_shapes(layout, kernel_size, groups, expected):
         if layout == "channels_first"
         else (2, *([9] * (len(expected) - 2)), 8)
     )
-    z = jconv.conv_forward(params, jnp.ones(x_shape), groups=groups, layout=layout, padding="SAME")
+    z = jax.eval_shape(
+        lambda p, x: jconv.conv_forward(p, x, groups=groups, layout=layout, padding="SAME"),
+        params,
+        jax.ShapeDtypeStruct(x_shape, jnp.float32),
+    )
     assert z.shape[0] == 2
 
 

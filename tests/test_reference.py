@@ -54,18 +54,20 @@ SMALL = [
 def test_public_rules_match_reference(config, x64):
     params, x, ct = config.arrays(jnp.float64, seed=3)
     kw = config.kwargs
+    # Jitted: run eagerly, every operation of a lowering compiles on its own.
+    k_shape = params["kernel"].shape
     assert_close(
-        jconv.conv_forward(params, x, **kw),
+        jax.jit(lambda p, x: jconv.conv_forward(p, x, **kw))(params, x),
         jconv.reference.conv_forward(params, x, **kw),
         jnp.float64,
     )
     assert_close(
-        jconv.conv_grad_input(ct, params["kernel"], x.shape, **kw),
+        jax.jit(lambda ct, k: jconv.conv_grad_input(ct, k, x.shape, **kw))(ct, params["kernel"]),
         jconv.reference.conv_grad_input(ct, params["kernel"], x.shape, **kw),
         jnp.float64,
     )
     assert_close(
-        jconv.conv_grad_kernel(x, ct, params["kernel"].shape, **kw),
+        jax.jit(lambda x, ct: jconv.conv_grad_kernel(x, ct, k_shape, **kw))(x, ct),
         jconv.reference.conv_grad_kernel(x, ct, params["kernel"].shape, **kw),
         jnp.float64,
     )

@@ -47,7 +47,7 @@ def test_vmap_per_example_gradients_equal_a_python_loop():
         return jax.grad(_loss, argnums=1)(jconv.conv_forward, params, xi[None], cti[None])
 
     batched = jax.jit(jax.vmap(per_example, in_axes=(None, 0, 0)))(params, x, ct)
-    looped = [per_example(params, x[i], ct[i]) for i in range(x.shape[0])]
+    looped = [jax.jit(per_example)(params, x[i], ct[i]) for i in range(x.shape[0])]
     chex.assert_trees_all_close(
         batched, jax.tree.map(lambda *a: jnp.stack(a), *looped), rtol=1e-5, atol=1e-6
     )
@@ -88,7 +88,7 @@ def test_checkpoint_and_scan():
 
 def test_check_grads_second_order_reverse(x64):
     params, x, _ = CONFIG.arrays(jnp.float64)
-    f = lambda p, x: jnp.sum(jnp.sin(jconv.conv_forward(p, x, **CONFIG.kwargs)))  # noqa: E731
+    f = jax.jit(lambda p, x: jnp.sum(jnp.sin(jconv.conv_forward(p, x, **CONFIG.kwargs))))
     check_grads(f, (params, x), order=2, modes=["rev"])
 
 
@@ -97,10 +97,16 @@ def test_public_rules_check_grads_second_order(x64):
     kw = CONFIG.kwargs
     k = params["kernel"]
     check_grads(
-        lambda ct, k: jconv.conv_grad_input(ct, k, x.shape, **kw), (ct, k), order=2, modes=["rev"]
+        jax.jit(lambda ct, k: jconv.conv_grad_input(ct, k, x.shape, **kw)),
+        (ct, k),
+        order=2,
+        modes=["rev"],
     )
     check_grads(
-        lambda x, ct: jconv.conv_grad_kernel(x, ct, k.shape, **kw), (x, ct), order=2, modes=["rev"]
+        jax.jit(lambda x, ct: jconv.conv_grad_kernel(x, ct, k.shape, **kw)),
+        (x, ct),
+        order=2,
+        modes=["rev"],
     )
 
 
@@ -112,8 +118,8 @@ def test_gradient_penalty_grad_of_grad_matches_lax(x64):
         gx = jax.grad(lambda x: jnp.sum(jnp.tanh(forward(params, x, **CONFIG.kwargs)) * ct))(x)
         return jnp.sum(gx**2)
 
-    got = jax.grad(penalty, argnums=1)(jconv.conv_forward, params)
-    want = jax.grad(penalty, argnums=1)(autodiff.conv_forward, params)
+    grad = jax.jit(jax.grad(penalty, argnums=1), static_argnums=0)
+    got, want = grad(jconv.conv_forward, params), grad(autodiff.conv_forward, params)
     chex.assert_trees_all_close(got, want, rtol=1e-10, atol=1e-12)
 
 
@@ -126,6 +132,7 @@ def test_hessian_vector_product_reverse_over_reverse(x64):
         # Reverse over reverse: grad of <grad(loss), v>.
         return jax.grad(lambda p: optax.tree.vdot(jax.grad(loss)(p), v))(params)
 
+    hvp = jax.jit(hvp, static_argnums=0)
     chex.assert_trees_all_close(
         hvp(jconv.conv_forward), hvp(autodiff.conv_forward), rtol=1e-10, atol=1e-12
     )
