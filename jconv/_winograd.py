@@ -290,20 +290,15 @@ def _kernel_transform(rhs, corr: Correlation):
     sp = corr.rhs_axes[2:]
     d = len(sp)
     k = jnp.transpose(rhs, (*sp, corr.rhs_axes[1], corr.rhs_axes[0]))  # (3, ..., in, out)
-    coefficients = [
-        [
-            math.prod(G[r][t] for r, t in zip(rs, ts, strict=True))
-            for ts in itertools.product(range(3), repeat=d)
-        ]
-        for rs in itertools.product(range(4), repeat=d)
-    ]
+    coefficients = _kronecker(G, d)
     # HIGHEST: the coefficients are exact in any float, the kernel is not (TPUs
     # would otherwise round it to bfloat16 here).
     u = jnp.matmul(
-        jnp.asarray(coefficients, k.dtype), k.reshape(3**d, -1), precision=lax.Precision.HIGHEST
+        jnp.asarray(list(coefficients.values()), k.dtype),
+        k.reshape(3**d, -1),
+        precision=lax.Precision.HIGHEST,
     )
-    u = u.reshape(4**d, *k.shape[d:])
-    return dict(zip(itertools.product(range(4), repeat=d), u, strict=True))
+    return dict(zip(coefficients, u.reshape(4**d, *k.shape[d:]), strict=True))
 
 
 def _transformed(view, rows, d):
@@ -314,10 +309,10 @@ def _transformed(view, rows, d):
     elementwise pass, no per-dim intermediates.
     """
     out = {}
-    for r in itertools.product(range(len(rows)), repeat=d):
+    columns = list(itertools.product(range(len(rows[0])), repeat=d))
+    for r, coefficients in _kronecker(rows, d).items():
         total = None
-        for j in itertools.product(range(len(rows[0])), repeat=d):
-            c = math.prod(rows[rl][jl] for rl, jl in zip(r, j, strict=True))
+        for j, c in zip(columns, coefficients, strict=True):
             if c == 0:
                 continue
             v = view(j)
@@ -325,6 +320,17 @@ def _transformed(view, rows, d):
             total = term if total is None else total + term
         out[r] = total
     return out
+
+
+def _kronecker(rows, d):
+    """The ``d``-fold Kronecker power of the matrix ``rows``: ``{r: [prod_l
+    rows[r_l][j_l] for j]}``, rows ``r`` and columns ``j`` multi-indices in
+    row-major order (the order of a row-major ``(n,) * d`` array's entries)."""
+    columns = list(itertools.product(range(len(rows[0])), repeat=d))
+    return {
+        r: [math.prod(rows[rl][jl] for rl, jl in zip(r, j, strict=True)) for j in columns]
+        for r in itertools.product(range(len(rows)), repeat=d)
+    }
 
 
 def _product(v, u, precision):
