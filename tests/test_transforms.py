@@ -83,7 +83,9 @@ def test_checkpoint_and_scan():
     want = net(lambda *a, **k: autodiff.conv_forward(*a, **k, precision="highest"), lambda f: f)(
         params, x
     )
-    chex.assert_trees_all_close(got, want, rtol=1e-4, atol=1e-5)
+    # Three tanh layers deep, an entry can be a sum that cancels to ~1e-3 of the
+    # largest gradient: float32 rounding is judged against each leaf's largest entry.
+    jax.tree.map(assert_close, got, want)
 
 
 def test_check_grads_second_order_reverse(x64):
