@@ -810,3 +810,56 @@ def test_auto_keeps_xla_for_unit_stride_1d_kernel_gradients():
     audio = Config(16, (4000,), (5,), 32, 32, padding="SAME")
     assert not _takes(audio, "taps_correlate", "auto")
     assert _takes(dataclasses.replace(audio, stride=2, window=(7,)), "taps_correlate", "auto")
+
+
+def _experiment(name):
+    """A script of ``experiments/``, imported as a module."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        Config(2, (9, 8), (3, 3), 4, 6, stride=2, padding=1, layout="channels_first"),
+        Config(2, (7, 6), (5, 5), 4, 4, dilation=(1, 2), padding="SAME", groups=2),
+        Config(3, (17,), (3,), 3, 5, dilation=4, padding="SAME"),
+    ],
+    ids=str,
+)
+def test_lowering_passes_torch_calls_compute_the_three_passes(config):
+    # experiments/lowering_passes.py --torch times torch's passes: they must be
+    # the forward and gradients of the same convolution (in both memory formats).
+    torch = pytest.importorskip("torch")
+    calls = _experiment("lowering_passes").torch_calls
+    params, x, ct = config.arrays()
+    kernel = params["kernel"]
+    kw = dict(config.kwargs)
+    want = {
+        "fwd": jconv.conv_forward({"kernel": kernel}, x, **kw),
+        "dx": jconv.conv_grad_input(ct, kernel, x.shape, **kw),
+        "dk": jconv.conv_grad_kernel(x, ct, kernel.shape, **kw),
+    }
+    if config.layout == "channels_last":  # torch is (N, C, *spatial), (O, I, *window)
+        x, ct = (jnp.moveaxis(a, -1, 1) for a in (x, ct))
+        kernel = jnp.moveaxis(kernel, (-1, -2), (0, 1))
+        want = {
+            "fwd": jnp.moveaxis(want["fwd"], -1, 1),
+            "dx": jnp.moveaxis(want["dx"], -1, 1),
+            "dk": jnp.moveaxis(want["dk"], (-1, -2), (0, 1)),
+        }
+    x, kernel, ct = (torch.from_numpy(np.array(a)) for a in (x, kernel, ct))
+    passes = calls(config, x, kernel, ct)
+    assert set(passes) == {"fwd", "dx", "dk"}
+    for name, by_format in passes.items():
+        assert set(by_format) == (
+            {"nchw", "channels-last"} if len(config.spatial) == 2 else {"nchw"}
+        )
+        for call in by_format.values():
+            helpers.assert_close(call().numpy(), want[name], err_msg=f"{config} {name}")
