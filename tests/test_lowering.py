@@ -1,9 +1,11 @@
 """Which lowering runs where, and the benchmark's plumbing."""
 
 import dataclasses
+import importlib.util
 import math
 import re
 import sys
+from pathlib import Path
 
 import helpers
 import jax
@@ -677,6 +679,16 @@ TORCH_SHAPES = [s.config for s in _bench.SUITE if len(s.config.spatial) <= 2] + 
 ]
 
 
+def _channels_first(config, a):
+    """An activation (``x``, ``z``, ``dz``) as torch lays it out: ``(N, C, *spatial)``."""
+    return jnp.moveaxis(a, -1, 1) if config.layout == "channels_last" else a
+
+
+def _out_in_window(config, kernel):
+    """A kernel of ``config`` as torch lays it out, ``(O, I, *window)``."""
+    return jnp.moveaxis(kernel, (-1, -2), (0, 1)) if config.layout == "channels_last" else kernel
+
+
 @pytest.mark.parametrize("config", TORCH_SHAPES, ids=str)
 def test_torch_contender_computes_the_same_output_shape(config):
     # (and the same values where it pads as lax does)
@@ -687,16 +699,12 @@ def test_torch_contender_computes_the_same_output_shape(config):
     small = dataclasses.replace(config, batch=1, c_in=c_in, c_out=c_out, groups=groups)
     params, x, _ = small.arrays()
     kernel, bias = params["kernel"], params["bias"]
-    if small.layout == "channels_last":  # torch is (N, C, *spatial), (O, I, *window)
-        x = jnp.moveaxis(x, -1, 1)
-        kernel = jnp.moveaxis(kernel, (-1, -2), (0, 1))
+    x, kernel = _channels_first(small, x), _out_in_window(small, kernel)
     conv = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d}[len(small.spatial)]
     forward = _bench._torch_forward(small, conv, torch.nn.functional.pad)
     tensors = (torch.from_numpy(np.asarray(a)) for a in (x, kernel, bias))
     z_torch = forward(*tensors).numpy()
-    z = jnp.asarray(jconv.conv_forward(params, small.arrays()[1], **small.kwargs))
-    if small.layout == "channels_last":
-        z = jnp.moveaxis(z, -1, 1)
+    z = _channels_first(small, jconv.conv_forward(params, small.arrays()[1], **small.kwargs))
     assert z_torch.shape == z.shape
     geom = jconv._geometry.geometry(
         small.x_shape, small.kernel_shape, **small.kwargs, precision=None, where="test"
@@ -814,9 +822,6 @@ def test_auto_keeps_xla_for_unit_stride_1d_kernel_gradients():
 
 def _experiment(name):
     """A script of ``experiments/``, imported as a module."""
-    import importlib.util
-    from pathlib import Path
-
     path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
@@ -840,21 +845,18 @@ def test_lowering_passes_torch_calls_compute_the_three_passes(config):
     calls = _experiment("lowering_passes").torch_calls
     params, x, ct = config.arrays()
     kernel = params["kernel"]
-    kw = dict(config.kwargs)
+    kw = config.kwargs
     want = {
-        "fwd": jconv.conv_forward({"kernel": kernel}, x, **kw),
-        "dx": jconv.conv_grad_input(ct, kernel, x.shape, **kw),
-        "dk": jconv.conv_grad_kernel(x, ct, kernel.shape, **kw),
+        "fwd": _channels_first(config, jconv.conv_forward({"kernel": kernel}, x, **kw)),
+        "dx": _channels_first(config, jconv.conv_grad_input(ct, kernel, x.shape, **kw)),
+        "dk": _out_in_window(config, jconv.conv_grad_kernel(x, ct, kernel.shape, **kw)),
     }
-    if config.layout == "channels_last":  # torch is (N, C, *spatial), (O, I, *window)
-        x, ct = (jnp.moveaxis(a, -1, 1) for a in (x, ct))
-        kernel = jnp.moveaxis(kernel, (-1, -2), (0, 1))
-        want = {
-            "fwd": jnp.moveaxis(want["fwd"], -1, 1),
-            "dx": jnp.moveaxis(want["dx"], -1, 1),
-            "dk": jnp.moveaxis(want["dk"], (-1, -2), (0, 1)),
-        }
-    x, kernel, ct = (torch.from_numpy(np.array(a)) for a in (x, kernel, ct))
+    torch_layout = (
+        _channels_first(config, x),
+        _out_in_window(config, kernel),
+        _channels_first(config, ct),
+    )
+    x, kernel, ct = (torch.from_numpy(np.array(a)) for a in torch_layout)
     passes = calls(config, x, kernel, ct)
     assert set(passes) == {"fwd", "dx", "dk"}
     for name, by_format in passes.items():
