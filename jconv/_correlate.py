@@ -152,10 +152,17 @@ def _taps_pays_on_cpu(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) ->
       ``dz`` shifted onto ``x``'s grid, one matmul);
     - thin correlations (scatter mode: a stem's or LeNet's input gradient);
     - unit-stride 1x1 correlations that narrow the features (the input gradient
-      of a channel-expanding 1x1: 20 -> 16 ms on the bench's expand shape).
+      of a channel-expanding 1x1: 20 -> 16 ms on the bench's expand shape);
+    - strided 1x1 correlations (a ResNet downsampling shortcut's forward): the
+      strided grid sliced out, in cache-sized batch chunks
+      (``_taps._copied_batch``), times one matmul beats XLA:CPU's strided
+      convolution (8 images of 56x56x256 -> 128, forward alone 2.2 vs 3.2 ms,
+      training step 7.1-7.3 vs 8.5-8.8 ms plain, 9.0-9.5 vs 11.3-12.2 ms
+      chained; channels-first 18-25 vs 26-33 ms; session 15, where session 5,
+      slicing whole on another box, had measured a loss).
 
-    Everything else, 1x1 forwards included (XLA:CPU's convolution is a matmul
-    there already, and its strided form beats slicing first), stays XLA's.
+    Everything else, unit-stride 1x1 forwards included (XLA:CPU's convolution is
+    a matmul there already), stays XLA's.
     """
     window, outs = _slicing.term_counts(lhs_shape, rhs_shape, corr)
     if min(math.prod(window), math.prod(outs)) > MAX_TERMS:
@@ -164,6 +171,8 @@ def _taps_pays_on_cpu(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) ->
     one_feature = lhs_shape[corr.lhs_axes[1]] == corr.feature_group_count  # nothing to contract
     mode = _taps.choose_mode(lhs_shape, rhs_shape, corr)
     if grouped or (one_feature and mode != "positions"):
+        return True
+    if _taps.strided_tap(window, corr) and all(d == 1 for d in corr.lhs_dilation):
         return True
     if math.prod(window) == 1 and all(s == 1 for s in corr.window_strides):
         # One matmul: ours wins when it narrows the features (a 1x1 input gradient)

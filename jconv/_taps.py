@@ -88,10 +88,12 @@ def taps_correlate(lhs, rhs, corr: Correlation, precision=None, by: str | None =
         return out.astype(lhs.dtype)
     cuts = None if by != "taps" else region_cuts(lhs.shape, corr, window, outs, itemsize)
     if by == "taps" and cuts is None and corr.batch_group_count == 1:
-        chunk = divisor_within(lhs.shape[corr.lhs_axes[0]], _padded_batch(lhs, corr, itemsize))
+        copied = _copied_batch(lhs, corr, itemsize, window, outs)
+        chunk = divisor_within(lhs.shape[corr.lhs_axes[0]], copied)
         if chunk < lhs.shape[corr.lhs_axes[0]]:
-            # A loop over batch chunks: each pads only its own chunk, and the
-            # loop writes ``out`` once (no fusion into a consumer's reduction).
+            # A loop over batch chunks: each pads (or slices) only its own
+            # chunk, and the loop writes ``out`` once (no fusion into a
+            # consumer's reduction).
             def sum_of_terms(lhs):
                 out = _sum_of_terms(lhs, rhs, corr, precision, by, window, outs)
                 return out.astype(lhs.dtype)
@@ -111,24 +113,53 @@ def taps_correlate(lhs, rhs, corr: Correlation, precision=None, by: str | None =
 # that is larger) are padded one at a time.
 PAD_BYTES = 1 << 22
 PAD_CHUNK_BYTES = 1 << 21
+# A single strided tap (a strided 1x1 forward) slices the lhs whole while the
+# slice stays within this many bytes, and in batch chunks of at most this many
+# bytes past it.
+SLICE_BYTES = 1 << 22
 
 
-def _padded_batch(lhs, corr: Correlation, itemsize: int) -> int:
-    """How many batch entries of ``lhs`` taps mode pads at once.
+def _copied_batch(lhs, corr: Correlation, itemsize: int, window, outs) -> int:
+    """How many batch entries of ``lhs`` taps mode copies at once.
 
-    The padded copy of the whole lhs outlives the forward's taps in a training
-    step; for a strided depthwise convolution over 4 images of 112x112x64 it
-    was 12.7 MiB of the step's 17.3 (autodiff's: 15.5). In chunks of <= 2 MiB
-    (or one entry, if that is larger) the step needs 6.5 MiB, for 0.3-0.8 ms
-    more per step (3x3 depthwise over 8 images of 28x28x256: medians of 31
-    runs 5.5 -> 6.4 ms, 23.6 -> 15.7 MiB; ``value_and_grad``, A/B in one process).
+    The copy is the padded lhs, or, for a single strided tap and no padding,
+    its strided slice: the one term's matmul takes its operand whole, so XLA
+    writes the slice out first.
+
+    Padded: the padded copy of the whole lhs outlives the forward's taps in a
+    training step; for a strided depthwise convolution over 4 images of
+    112x112x64 it was 12.7 MiB of the step's 17.3 (autodiff's: 15.5). In
+    chunks of <= 2 MiB (or one entry, if that is larger) the step needs 6.5
+    MiB, for 0.3-0.8 ms more per step (3x3 depthwise over 8 images of
+    28x28x256: medians of 31 runs 5.5 -> 6.4 ms, 23.6 -> 15.7 MiB;
+    ``value_and_grad``, A/B in one process).
+
+    Sliced: chunks keep the slice in cache for its matmul. A ResNet-50 stride-2
+    shortcut (8 images of 56x56x256 -> 128, a 0.8 MB slice per image), its
+    training step: the whole slice 8.4-9.4 ms and 15.3 MiB, chunks of 4
+    images 7.1-7.3 ms and 12.4 MiB, of 2 7.1-7.6, of 1 8.3-9.9 (XLA's strided
+    convolution: 8.5-8.8 ms, 9.3 MiB; autodiff's step 27.6 MiB). Over 8
+    images of 14x14x1024 -> 512 (a 1.6 MB slice) whole was best: 5.5-5.8 ms
+    against chunks of 4 at 5.6-6.3 and XLA's 6.1-7.1 (p25-median of 21
+    interleaved runs, 2-vCPU Xeon, session 15).
     """
+    batch = lhs.shape[corr.lhs_axes[0]]
     shape = padded_shape(lhs.shape, corr)
-    padded = math.prod(shape) * itemsize
-    batch = shape[corr.lhs_axes[0]]
-    if padded <= PAD_BYTES or shape == lhs.shape:  # small, or no copy at all
+    if shape != lhs.shape:
+        whole, part = PAD_BYTES, PAD_CHUNK_BYTES
+    elif strided_tap(window, corr):
+        shape, whole, part = resized(lhs.shape, corr.lhs_axes[2:], outs), SLICE_BYTES, SLICE_BYTES
+    else:
+        return batch  # no copy at all
+    copied = math.prod(shape) * itemsize
+    if copied <= whole:
         return batch
-    return max(1, PAD_CHUNK_BYTES // (padded // batch))
+    return max(1, part // (copied // batch))
+
+
+def strided_tap(window, corr: Correlation) -> bool:
+    """Whether the correlation is one tap read at a window stride > 1."""
+    return math.prod(window) == 1 and any(s > 1 for s in corr.window_strides)
 
 
 def _materialised(out):

@@ -80,11 +80,44 @@ def test_1x1_kernel_gradient_is_a_matmul_on_cpu():
     assert _hlo("cuda", groups=1, window=(1, 1)) == (2, 0)
 
 
-def test_strided_1x1_forward_stays_xla_on_cpu():
+def test_strided_1x1_forward_slices_then_matmuls_on_cpu_only():
+    # The strided grid sliced out, one matmul; a convolution on GPU and TPU.
     params = jconv.conv_init(jax.random.key(0), 8, 4, (1, 1))
     fn = jax.jit(lambda p, x: jconv.conv_forward(p, x, stride=2))
-    text = fn.trace(params, jnp.ones((2, 8, 8, 8))).lower(lowering_platforms=("cpu",)).as_text()
-    assert text.count("stablehlo.convolution") == 1 and "dot_general" not in text
+    traced = fn.trace(params, jnp.ones((2, 8, 8, 8)))
+    cpu = traced.lower(lowering_platforms=("cpu",)).as_text()
+    assert "stablehlo.convolution" not in cpu and cpu.count("dot_general") == 1
+    for platform in ("cuda", "tpu"):
+        text = traced.lower(lowering_platforms=(platform,)).as_text()
+        assert text.count("stablehlo.convolution") == 1 and "dot_general" not in text, platform
+
+
+# A single strided tap slices its lhs in batch chunks once the slice outgrows
+# ``SLICE_BYTES``; with a budget of a byte every chunk is one batch entry.
+SLICED_IN_CHUNKS = [
+    Config(5, (7, 6), (1, 1), 6, 4, stride=2),  # prime N, odd sizes
+    Config(4, (9,), (1,), 4, 6, stride=3, layout="channels_first"),
+    Config(3, (5, 4, 6), (1, 1, 1), 2, 3, stride=(2, 1, 3), lowering="taps"),
+    Config(4, (8, 8), (1, 1), 4, 4, groups=2, stride=2, layout="channels_first"),
+]
+
+
+@pytest.mark.parametrize("config", SLICED_IN_CHUNKS, ids=str)
+def test_strided_1x1_sliced_in_batch_chunks_matches_lax(config, monkeypatch):
+    monkeypatch.setattr(_taps, "SLICE_BYTES", 1)
+    _check_chunked(config, jnp.float32, "forward")
+
+
+def test_strided_1x1_forward_slices_large_inputs_a_chunk_at_a_time(monkeypatch):
+    # 8 images of 16x16x64 at stride 2: a 131 KB slice whole, 33 KB a chunk of 2.
+    monkeypatch.setattr(_taps, "SLICE_BYTES", 40_000)
+    params = jconv.conv_init(jax.random.key(0), 64, 32, (1, 1))
+    x = jnp.ones((8, 16, 16, 64))
+    fn = jax.jit(lambda p, x: jconv.conv_forward(p, x, stride=2))
+    jaxpr = str(jax.make_jaxpr(fn)(params, x))
+    assert "while" in jaxpr or "scan" in jaxpr
+    stats = fn.lower(params, x).compile().memory_analysis()
+    assert stats.temp_size_in_bytes < 0.5 * (8 * 8 * 8 * 64 * 4)
 
 
 # Kernel gradients whose input outgrows CHUNK_BYTES are summed over batch chunks in
