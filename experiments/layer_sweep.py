@@ -11,11 +11,16 @@ waits for the forward, as in a network), jconv and autodiff interleaved after
 a warm-up, medians, with XLA's compiled temporary memory.
 
     python experiments/layer_sweep.py [--layers a,b] [--repeats 7] [--out results/sweep.json]
+        [--lowering auto] [--versus measured]
+
+``--versus`` times a second jconv lowering in the same turns (A B C A B C ...),
+with its own ratio to autodiff: an A/B of two lowerings in one process.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 
 import jax.numpy as jnp
@@ -23,6 +28,7 @@ from lowering_passes import write_rows
 
 from jconv import _bench, autodiff, conv_forward
 from jconv._bench import Shape, _shape
+from jconv._spec import LOWERINGS
 
 
 def _layers() -> list[tuple[Shape, str]]:
@@ -77,9 +83,17 @@ def main(argv=None):
     parser.add_argument("--layers", default=",".join(s.name for s, _ in layers))
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--lowering", choices=LOWERINGS, default="auto")
+    parser.add_argument("--versus", choices=LOWERINGS, default=None, help="a second lowering")
     args = parser.parse_args(argv)
     wanted = args.layers.split(",")
-    contenders = {"jconv": conv_forward, "autodiff": autodiff.conv_forward}
+    contenders = {
+        "jconv": functools.partial(conv_forward, lowering=args.lowering),
+        "autodiff": autodiff.conv_forward,
+    }
+    versus = f"jconv_{args.versus}" if args.versus else None
+    if versus:
+        contenders[versus] = functools.partial(conv_forward, lowering=args.versus)
     rows = []
     for shape, dtype_name in (entry for entry in layers if entry[0].name in wanted):
         dtype = jnp.dtype(dtype_name)
@@ -99,22 +113,36 @@ def main(argv=None):
                 row[f"{kind}_{name}_ms"] = round(medians[name] * 1e3, 3)
                 row[f"{kind}_{name}_temp_mib"] = round(temp[name] / 2**20, 2)
             row[f"{kind}_ratio"] = round(medians["jconv"] / medians["autodiff"], 3)
+            if versus:
+                row[f"{kind}_{versus}_ratio"] = round(medians[versus] / medians["autodiff"], 3)
         rows.append(row)
-        print(
-            f"{shape.name:26s} {dtype_name:8s} "
-            + "  ".join(
-                f"{kind} {row[f'{kind}_jconv_ms']:8.2f}/{row[f'{kind}_autodiff_ms']:8.2f} ms "
-                f"({row[f'{kind}_ratio']:.2f}) "
-                f"{row[f'{kind}_jconv_temp_mib']:6.1f}/{row[f'{kind}_autodiff_temp_mib']:6.1f} MiB"
-                for kind in ("step", "chained")
-            ),
-            flush=True,
-        )
+        print(f"{shape.name:26s} {dtype_name:8s} " + _columns(row, versus), flush=True)
     if rows:
-        ratios = [r[f"{k}_ratio"] for r in rows for k in ("step", "chained")]
-        print(f"geometric mean ratio {math.exp(sum(map(math.log, ratios)) / len(ratios)):.2f}")
+        for name in ("jconv", versus) if versus else ("jconv",):
+            key = "ratio" if name == "jconv" else f"{name}_ratio"
+            ratios = [r[f"{k}_{key}"] for r in rows for k in ("step", "chained")]
+            mean = math.exp(sum(map(math.log, ratios)) / len(ratios))
+            print(f"geometric mean ratio {name}: {mean:.2f}")
     if args.out:
         write_rows(args.out, args.repeats, rows)
+
+
+def _columns(row, versus) -> str:
+    """``kind jconv/autodiff ms (ratio) MiB``, then ``versus``'s ms (ratio) MiB."""
+    cells = []
+    for kind in ("step", "chained"):
+        cell = (
+            f"{kind} {row[f'{kind}_jconv_ms']:8.2f}/{row[f'{kind}_autodiff_ms']:8.2f} ms "
+            f"({row[f'{kind}_ratio']:.2f}) "
+            f"{row[f'{kind}_jconv_temp_mib']:6.1f}/{row[f'{kind}_autodiff_temp_mib']:6.1f} MiB"
+        )
+        if versus:
+            cell += (
+                f" | {versus[len('jconv_') :]} {row[f'{kind}_{versus}_ms']:8.2f} ms "
+                f"({row[f'{kind}_{versus}_ratio']:.2f}) {row[f'{kind}_{versus}_temp_mib']:6.1f} MiB"
+            )
+        cells.append(cell)
+    return "  ".join(cells)
 
 
 if __name__ == "__main__":

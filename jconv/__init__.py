@@ -18,6 +18,8 @@ from ._dense import dense_grad_input as dense_grad_input
 from ._dense import dense_grad_kernel as dense_grad_kernel
 from ._dense import dense_init as dense_init
 from ._init import conv_init as conv_init
+from ._measured import clear_measured_choices as clear_measured_choices
+from ._measured import measured_choices as measured_choices
 from ._pool import avg_pool as avg_pool
 from ._pool import avg_pool_grad_input as avg_pool_grad_input
 from ._pool import max_pool as max_pool
@@ -29,6 +31,7 @@ __all__ = [
     "autodiff",
     "avg_pool",
     "avg_pool_grad_input",
+    "clear_measured_choices",
     "conv_forward",
     "conv_grad_bias",
     "conv_grad_input",
@@ -42,6 +45,7 @@ __all__ = [
     "dense_init",
     "max_pool",
     "max_pool_grad_input",
+    "measured_choices",
     "models",
     "reference",
     "relu",

@@ -147,8 +147,12 @@ def conv_forward(
             pieces for its kernel gradient over >= 128 input and output
             channels; as ``"auto"`` elsewhere, on every platform. Measured on
             CPU only: faster over 64 and 256 channels, at more memory than
-            autodiff: opt-in). Values and the rules are the same; only speed
-            and memory differ.
+            autodiff: opt-in) or ``"measured"`` (``"auto"`` or ``"xla"``,
+            whichever ran faster on this machine for each correlation, timed
+            once per process on the first trace, like
+            ``torch.backends.cudnn.benchmark``; CPU only, ``"auto"``
+            elsewhere; see :func:`jconv.measured_choices`). Values and the
+            rules are the same; only speed and memory differ.
 
     Returns:
         ``z`` of shape ``(N, *spatial_out, C_out)`` or ``(N, C_out, *spatial_out)``

@@ -20,7 +20,18 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from . import _bands, _cpu_xla, _groups, _im2col, _placed, _rows, _slicing, _taps, _winograd
+from . import (
+    _bands,
+    _cpu_xla,
+    _groups,
+    _im2col,
+    _measured,
+    _placed,
+    _rows,
+    _slicing,
+    _taps,
+    _winograd,
+)
 from ._correlation import Correlation, accumulation_dtype
 
 # The taps lowering unrolls one einsum per term; beyond this many it stays XLA's.
@@ -64,6 +75,9 @@ def correlate(lhs, rhs, corr: Correlation, precision=None, lowering: str = "auto
             3x3@14 41.5 ms, torch 59.6 and 48.5, session 13) but hold more
             memory than autodiff's step (14.7 vs 12.4, 31.6 vs 5.3 MiB), and
             lose to torch over 128 channels in NCHW (61.0 vs 50.4 ms).
+            ``"measured"``: ``"auto"`` or ``"xla"``, whichever ran faster for
+            this correlation on this machine, timed on the first trace
+            (``_measured.py``; on CPU only, elsewhere ``"auto"``).
 
     Returns:
         The result, in ``lhs``'s dtype.
@@ -82,6 +96,8 @@ def correlate(lhs, rhs, corr: Correlation, precision=None, lowering: str = "auto
         # their chunks and pick their modes from concrete shapes; XLA's
         # convolution takes any.
         return xla(lhs, rhs)
+    if lowering == "measured":
+        lowering = _measured.choose(lhs, rhs, corr, precision, correlate)
     taps = functools.partial(_taps.taps_correlate, corr=corr, precision=precision)
     winograd = functools.partial(_winograd.winograd_correlate, corr=corr, precision=precision)
     if lowering == "xla":

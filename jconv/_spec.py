@@ -48,7 +48,7 @@ def check_layout(layout: Any, where: str) -> str:
     return layout
 
 
-LOWERINGS = ("auto", "xla", "taps", "winograd")
+LOWERINGS = ("auto", "xla", "taps", "winograd", "measured")
 
 
 def check_lowering(lowering: Any, where: str) -> str:

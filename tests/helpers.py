@@ -60,7 +60,7 @@ def _compiled(forward, config, precision):
 # jconv's forward with each lowering forced (module-level: cache keys by identity).
 JCONV = {
     lowering: functools.partial(jconv.conv_forward, lowering=lowering)
-    for lowering in ("auto", "xla", "taps", "winograd")
+    for lowering in ("auto", "xla", "taps", "winograd", "measured")
 }
 
 

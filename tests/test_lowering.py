@@ -665,7 +665,9 @@ def test_forced_lowerings(lowering, expect_convs):
 
 
 def test_unknown_lowering_is_refused():
-    refusal = r"lowering must be one of \('auto', 'xla', 'taps', 'winograd'\), got 'fast'"
+    refusal = (
+        r"lowering must be one of \('auto', 'xla', 'taps', 'winograd', 'measured'\), got 'fast'"
+    )
     with pytest.raises(ValueError, match=refusal):
         jconv.conv_forward(
             {"kernel": jnp.ones((3, 3, 2, 2))}, jnp.ones((1, 5, 5, 2)), lowering="fast"
@@ -747,7 +749,7 @@ def test_torch_contender_computes_the_same_output_shape(config):
         np.testing.assert_allclose(z_torch, z, rtol=1e-4, atol=1e-5 * float(np.abs(z).max()))
 
 
-@pytest.mark.parametrize("lowering", ["auto", "winograd"])
+@pytest.mark.parametrize("lowering", ["auto", "winograd", "measured"])
 def test_bench_smoke(tmp_path, lowering):
     report = _bench.run(
         ["lenet-5x5"], repeats=1, torch=False, progress=lambda s: None, lowering=lowering
