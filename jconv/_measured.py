@@ -38,7 +38,7 @@ CANDIDATES = ("auto", "xla")
 # Timed runs per candidate after one warm-up run each: at least ROUNDS, more
 # for quick correlations, as many as fit TIME_BUDGET seconds (by the warm-ups),
 # up to MAX_ROUNDS. A 2-core box runs in phases: the strided 1x1 forward of
-# ``experiments/README.md`` (session 15) took 3.6 ms instead of 2.2 in 2-16 of
+# ``experiments/README.md`` (session 15) took 3.6 ms instead of 2.2 in 2-7 of
 # 41 runs, and in 2 of 3 processes the median of 5 picked XLA's 3.4 ms.
 ROUNDS = 5
 MAX_ROUNDS = 25
