@@ -124,7 +124,7 @@ def main(argv=None):
             mean = math.exp(sum(map(math.log, ratios)) / len(ratios))
             print(f"geometric mean ratio {name}: {mean:.2f}")
     if args.out:
-        write_rows(args.out, args.repeats, rows)
+        write_rows(args.out, args.repeats, rows, lowering=args.lowering, versus=args.versus)
 
 
 def _columns(row, versus) -> str:

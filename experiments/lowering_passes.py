@@ -151,9 +151,11 @@ def main(argv=None):
         write_rows(args.out, args.repeats, rows)
 
 
-def write_rows(path, repeats, rows):
-    """Writes an experiment's rows as JSON, with the machine's jax, backend and CPU."""
+def write_rows(path, repeats, rows, **settings):
+    """Writes an experiment's rows as JSON, with the machine's jax, backend and CPU
+    and the run's ``settings`` (e.g. the lowerings compared)."""
     meta = {"jax": jax.__version__, "backend": jax.default_backend(), "cpu": platform.processor()}
+    meta |= settings
     with open(path, "w") as f:
         json.dump({"meta": meta, "repeats": repeats, "rows": rows}, f, indent=1)
 

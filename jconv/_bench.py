@@ -28,6 +28,9 @@ import numpy as np
 from . import autodiff
 from ._conv import conv_forward
 from ._geometry import geometry, output_size
+from ._timing import medians as _interleaved
+from ._timing import samples as _samples
+from ._timing import timer as _timer
 from .testing._config import ConvConfig
 
 
@@ -71,31 +74,6 @@ SUITE = [
     _shape("1d-dilated-k3", 8, (8000,), 64, 64, (3,), dilation=4),
     _shape("nchw-3x3-28", 8, (28, 28), 128, 128, (3, 3), layout="channels_first"),
 ]
-
-
-def _timer(fn, *args):
-    def run():
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        return time.perf_counter() - t0
-
-    return run
-
-
-def _samples(runners: dict[str, Any], repeats: int, warmup: int = 2) -> dict[str, list[float]]:
-    """Seconds per run of each runner, alternating A B A B ... after ``warmup`` rounds."""
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    for i in range(warmup + repeats):
-        for name, run in runners.items():
-            t = run()
-            if i >= warmup:
-                times[name].append(t)
-    return times
-
-
-def _interleaved(runners: dict[str, Any], repeats: int, warmup: int = 2) -> dict[str, float]:
-    """Median seconds per runner, alternating A B A B ... after ``warmup`` rounds."""
-    return {k: statistics.median(v) for k, v in _samples(runners, repeats, warmup).items()}
 
 
 def _in_blocks(families: list[dict[str, Any]], repeats: int, blocks: int) -> dict[str, float]:

@@ -169,13 +169,16 @@ def _taps_pays_on_cpu(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) ->
     - thin correlations (scatter mode: a stem's or LeNet's input gradient);
     - unit-stride 1x1 correlations that narrow the features (the input gradient
       of a channel-expanding 1x1: 20 -> 16 ms on the bench's expand shape);
-    - strided 1x1 correlations (a ResNet downsampling shortcut's forward): the
-      strided grid sliced out, in cache-sized batch chunks
+    - float32 strided 1x1 correlations of an unpadded, undilated lhs (a ResNet
+      downsampling shortcut's forward): the strided grid sliced out, in
+      cache-sized batch chunks
       (``_taps._copied_batch``), times one matmul beats XLA:CPU's strided
       convolution (8 images of 56x56x256 -> 128, forward alone 2.2 vs 3.2 ms,
       training step 7.1-7.3 vs 8.5-8.8 ms plain, 9.0-9.5 vs 11.3-12.2 ms
       chained; channels-first 18-25 vs 26-33 ms; session 15, where session 5,
-      slicing whole on another box, had measured a loss).
+      slicing whole on another box, had measured a loss). In bfloat16 the
+      step was no clear win (plain 19.2-19.9 vs 16.4-18.4 ms, chained
+      19.4-19.5 vs 21.2), and stays XLA's.
 
     Everything else, unit-stride 1x1 forwards included (XLA:CPU's convolution is
     a matmul there already), stays XLA's.
@@ -188,7 +191,8 @@ def _taps_pays_on_cpu(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) ->
     mode = _taps.choose_mode(lhs_shape, rhs_shape, corr)
     if grouped or (one_feature and mode != "positions"):
         return True
-    if _taps.strided_tap(window, corr) and all(d == 1 for d in corr.lhs_dilation):
+    unpadded = _slicing.padded_shape(lhs_shape, corr) == tuple(lhs_shape)  # nor dilated
+    if _taps.strided_tap(window, corr) and unpadded and itemsize == 4:
         return True
     if math.prod(window) == 1 and all(s == 1 for s in corr.window_strides):
         # One matmul: ours wins when it narrows the features (a 1x1 input gradient)

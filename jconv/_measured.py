@@ -9,41 +9,52 @@ candidates on the machine that runs them and keeps the faster.
 
 For each correlation (shapes, dtypes, :class:`Correlation`, precision), the
 first trace compiles ``"auto"``'s program and XLA's convolution on random
-operands of the same shapes and dtypes, runs them in turns (A B A B ...)
-after a warm-up (5 to 25 times each, about a quarter of a second), and keeps
-``"auto"`` unless XLA's median is 5 % smaller. The choice is kept for the
-process: later traces of the same correlation reuse
-it, and :func:`measured_choices` lists them. Where ``"auto"`` already is
-XLA's convolution (their jaxprs are equal) nothing is timed.
+operands of the same shapes and dtypes and runs them in turns (A B A B ...):
+one untimed round, one timed round (a candidate 3 times slower than the other
+there is out at once), then 5 to 25 timed rounds, as many as fit about a
+quarter of a second. ``"auto"`` is kept unless XLA's median is 5 % smaller.
+The choice is kept for the process: later traces of the same correlation
+reuse it, and :func:`measured_choices` lists the choices. Where ``"auto"``
+already is XLA's convolution (their jaxprs are equal) nothing is timed.
 
-Only the CPU is measured: on another default backend (GPU, TPU), ``"auto"``
-keeps XLA's convolutions already, and this lowering is ``"auto"``. Each
-pass is timed alone, not inside the training step where XLA may overlap it
-with others, and memory is not weighed: a pass that goes to XLA holds what
-autodiff's would.
+What that means for a program:
+
+- Only the CPU is measured. On another default backend (GPU, TPU) ``"auto"``
+  keeps XLA's convolutions already, and this lowering is ``"auto"``; so it is
+  under ``jax.distributed`` with several processes, where processes timing
+  apart could choose, and compile, different programs.
+- Tracing runs programs: ``jax.jit(...).lower``, ``jax.eval_shape`` and
+  ``jax.export`` of a function with this lowering time the correlations they
+  meet, on this host, and an exported program keeps this host's choices.
+- What is timed is the correlation as traced: per example under ``vmap``, the
+  global (unsharded) shape under sharding.
+- Each pass is timed alone, not inside the training step where XLA may
+  overlap it with others, and memory is not weighed: a pass that goes to XLA
+  holds what autodiff's would.
 """
 
 from __future__ import annotations
 
 import functools
 import statistics
-import time
+from collections.abc import Callable
 
 import jax
 import numpy as np
 
+from . import _timing
 from ._correlation import Correlation
 
 CANDIDATES = ("auto", "xla")
-# Timed runs per candidate after one warm-up run each: at least ROUNDS, more
-# for quick correlations, as many as fit TIME_BUDGET seconds (by the warm-ups),
-# up to MAX_ROUNDS. A 2-core box runs in phases: the strided 1x1 forward of
-# ``experiments/README.md`` (session 15) took 3.6 ms instead of 2.2 in 2-7 of
-# 41 runs, and in 2 of 3 processes the median of 5 picked XLA's 3.4 ms.
+# Timed rounds after the first: at least ROUNDS, more for quick correlations, as
+# many as fit TIME_BUDGET seconds (by the first timed round), up to MAX_ROUNDS.
+# A 2-core box runs in phases: the strided 1x1 forward of ``experiments/README.md``
+# (session 15) took 3.6 ms instead of 2.2 in 2-7 of 41 runs, and in 2 of 3
+# processes a median of 5 picked XLA's 3.4 ms.
 ROUNDS = 5
 MAX_ROUNDS = 25
 TIME_BUDGET = 0.25
-# A candidate whose warm-up took this many times the other's is not timed further.
+# A candidate whose first timed run took this many times the other's is out.
 CLEAR_MARGIN = 3.0
 # XLA's convolution replaces auto's choice only when its median is this much
 # smaller: closer medians are noise on a 2-core box (identical programs compiled
@@ -70,20 +81,25 @@ def clear_measured_choices() -> None:
 
 
 def choose(lhs, rhs, corr: Correlation, precision, correlate) -> str:
-    """``"auto"`` or ``"xla"`` for this correlation: the faster on this machine.
+    """Which lowering computes this correlation under ``lowering="measured"``.
 
     Args:
         lhs, rhs: the operands (tracers or arrays; only shapes and dtypes are used).
         corr: the correlation.
         precision: passed to both candidates.
         correlate: ``_correlate.correlate`` (passed in to avoid an import cycle).
+
+    Returns:
+        ``"auto"`` or ``"xla"``: the faster here, or ``"auto"`` where nothing
+        is measured (see the module's docstring).
     """
-    if jax.default_backend() != "cpu":
+    if jax.default_backend() != "cpu" or jax.process_count() > 1:
         return "auto"
     key = (lhs.shape, str(lhs.dtype), rhs.shape, str(rhs.dtype), corr, _hashable(precision))
     if key not in _CHOICES:
-        # Outside any trace being built: the candidates run on concrete arrays.
-        with jax.ensure_compile_time_eval():
+        # Outside the trace being built (the candidates run on concrete arrays),
+        # and compiled even under ``jax.disable_jit()``.
+        with jax.ensure_compile_time_eval(), jax.disable_jit(False):
             _CHOICES[key] = _measure(lhs, rhs, corr, precision, correlate)
     return _CHOICES[key]
 
@@ -99,45 +115,36 @@ def _measure(lhs, rhs, corr: Correlation, precision, correlate) -> str:
         return "auto"  # the same program: nothing to choose
     operands = [_random(s, i) for i, s in enumerate(specs)]
     compiled = {c: jax.jit(f).lower(*specs).compile() for c, f in programs.items()}
-    return fastest({c: functools.partial(fn, *operands) for c, fn in compiled.items()})
+    return fastest({c: _timing.timer(fn, *operands) for c, fn in compiled.items()})
 
 
-def fastest(runs: dict[str, callable]) -> str:
-    """The key of ``runs`` (zero-argument calls) with the smallest median time.
+def fastest(runners: dict[str, Callable[[], float]]) -> str:
+    """The name of the fastest runner (a call that runs once and returns its seconds).
 
-    Every call runs once to warm up; if one warm-up took :data:`CLEAR_MARGIN`
-    times another's, the quicker wins without more runs. Otherwise each runs
-    :data:`ROUNDS` to :data:`MAX_ROUNDS` more times (as many as the warm-ups
-    say fit :data:`TIME_BUDGET`), in turns, and the first key (``"auto"``)
-    keeps its place unless another's median is :data:`MARGIN` smaller.
+    One untimed round, one timed round (a runner :data:`CLEAR_MARGIN` times
+    slower than the quickest is out), then :data:`ROUNDS` to :data:`MAX_ROUNDS`
+    timed rounds (as many as the first says fit :data:`TIME_BUDGET`), all in
+    turns. The first runner (``"auto"``) keeps its place unless another's
+    median is :data:`MARGIN` smaller.
     """
-    warm = {name: _seconds(run) for name, run in runs.items()}
-    quickest = min(warm.values())
-    contenders = {n: r for n, r in runs.items() if warm[n] < CLEAR_MARGIN * quickest}
+    first = {name: t[0] for name, t in _timing.samples(runners, 1, warmup=1).items()}
+    quickest = min(first.values())
+    contenders = {n: r for n, r in runners.items() if first[n] < CLEAR_MARGIN * quickest}
     if len(contenders) == 1:
         return next(iter(contenders))
-    times = {name: [] for name in contenders}
-    each = sum(warm[name] for name in contenders)
+    each = sum(first[name] for name in contenders)
     rounds = min(MAX_ROUNDS, max(ROUNDS, int(TIME_BUDGET / max(each, 1e-9))))
-    for _ in range(rounds):
-        for name, run in contenders.items():
-            times[name].append(_seconds(run))
+    times = _timing.samples(contenders, rounds, warmup=0)
     medians = {name: statistics.median(t) for name, t in times.items()}
     best = min(medians, key=medians.get)
-    first = next(iter(runs))
-    if first in medians and medians[best] > (1 - MARGIN) * medians[first]:
-        return first
+    default = next(iter(runners))
+    if default in medians and medians[best] > (1 - MARGIN) * medians[default]:
+        return default
     return best
 
 
-def _seconds(run) -> float:
-    start = time.perf_counter()
-    jax.block_until_ready(run())
-    return time.perf_counter() - start
-
-
 def _random(spec, seed: int):
-    values = np.random.default_rng(seed).standard_normal(spec.shape)
+    values = np.random.default_rng(seed).standard_normal(spec.shape, dtype=np.float32)
     return jax.device_put(values.astype(spec.dtype))
 
 

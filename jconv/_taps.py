@@ -114,8 +114,8 @@ def taps_correlate(lhs, rhs, corr: Correlation, precision=None, by: str | None =
 PAD_BYTES = 1 << 22
 PAD_CHUNK_BYTES = 1 << 21
 # A single strided tap (a strided 1x1 forward) slices the lhs whole while the
-# slice stays within this many bytes, and in batch chunks of at most this many
-# bytes past it.
+# slice stays within this many bytes, and past it in batch chunks of at most
+# this many bytes (or of one entry, if that is larger).
 SLICE_BYTES = 1 << 22
 
 

@@ -92,6 +92,17 @@ def test_strided_1x1_forward_slices_then_matmuls_on_cpu_only():
         assert text.count("stablehlo.convolution") == 1 and "dot_general" not in text, platform
 
 
+def test_strided_1x1_forward_stays_xla_where_untimed():
+    # bfloat16 (no clear win when timed) and padded lhs (not timed) keep XLA's.
+    params = jconv.conv_init(jax.random.key(0), 8, 4, (1, 1), dtype=jnp.bfloat16)
+    for x, padding in ((jnp.ones((2, 8, 8, 8), jnp.bfloat16), 0), (jnp.ones((2, 8, 8, 8)), 1)):
+        fn = jax.jit(
+            lambda p, x, padding=padding: jconv.conv_forward(p, x, stride=2, padding=padding)
+        )
+        cpu = fn.trace(params, x).lower(lowering_platforms=("cpu",)).as_text()
+        assert cpu.count("stablehlo.convolution") == 1 and "dot_general" not in cpu
+
+
 # A single strided tap slices its lhs in batch chunks once the slice outgrows
 # ``SLICE_BYTES``; with a budget of a byte every chunk is one batch entry.
 SLICED_IN_CHUNKS = [
