@@ -11,11 +11,12 @@ For each correlation (shapes, dtypes, :class:`Correlation`, precision), the
 first trace compiles ``"auto"``'s program and XLA's convolution on random
 operands of the same shapes and dtypes and runs them in turns (A B A B ...):
 one untimed round, one timed round (a candidate 3 times slower than the other
-there is out at once), then 5 to 25 timed rounds, as many as fit about a
-quarter of a second. ``"auto"`` is kept unless XLA's median is 5 % smaller.
-The choice is kept for the process: later traces of the same correlation
-reuse it, and :func:`measured_choices` lists the choices. Where ``"auto"``
-already is XLA's convolution (their jaxprs are equal) nothing is timed.
+in either is out at once, in the untimed one only past 50 ms), then 5 to 25
+timed rounds, as many as fit about a quarter of a second. ``"auto"`` is kept
+unless XLA's median is 5 % smaller. The choice is kept for the process: later
+traces of the same correlation reuse it, and :func:`measured_choices` lists
+the choices. Where ``"auto"`` already is XLA's convolution (their jaxprs are
+equal) nothing is timed.
 
 What that means for a program:
 
@@ -54,8 +55,12 @@ CANDIDATES = ("auto", "xla")
 ROUNDS = 5
 MAX_ROUNDS = 25
 TIME_BUDGET = 0.25
-# A candidate whose first timed run took this many times the other's is out.
+# A candidate whose first timed run took this many times the other's is out;
+# so is one whose untimed run did, where that took over COLD_SECONDS (a fresh
+# executable's first call is slow by milliseconds, not by a slow convolution's
+# seconds: XLA:CPU's grouped kernel gradient over 32 groups takes 3.3 s a run).
 CLEAR_MARGIN = 3.0
+COLD_SECONDS = 0.05
 # XLA's convolution replaces auto's choice only when its median is this much
 # smaller: closer medians are noise on a 2-core box (identical programs compiled
 # twice differed by up to 20 % there), and would make the choice differ from one
@@ -121,15 +126,21 @@ def _measure(lhs, rhs, corr: Correlation, precision, correlate) -> str:
 def fastest(runners: dict[str, Callable[[], float]]) -> str:
     """The name of the fastest runner (a call that runs once and returns its seconds).
 
-    One untimed round, one timed round (a runner :data:`CLEAR_MARGIN` times
-    slower than the quickest is out), then :data:`ROUNDS` to :data:`MAX_ROUNDS`
-    timed rounds (as many as the first says fit :data:`TIME_BUDGET`), all in
-    turns. The first runner (``"auto"``) keeps its place unless another's
-    median is :data:`MARGIN` smaller.
+    One untimed round (a runner :data:`CLEAR_MARGIN` times slower than the
+    quickest and over :data:`COLD_SECONDS` is out), one timed round (a runner
+    :data:`CLEAR_MARGIN` times slower is out), then :data:`ROUNDS` to
+    :data:`MAX_ROUNDS` timed rounds (as many as the first says fit
+    :data:`TIME_BUDGET`), all in turns. The first runner (``"auto"``) keeps
+    its place unless another's median is :data:`MARGIN` smaller.
     """
-    first = {name: t[0] for name, t in _timing.samples(runners, 1, warmup=1).items()}
+    cold = {name: t[0] for name, t in _timing.samples(runners, 1, warmup=0).items()}
+    bound = max(CLEAR_MARGIN * min(cold.values()), COLD_SECONDS)
+    contenders = {n: r for n, r in runners.items() if cold[n] < bound}
+    if len(contenders) == 1:
+        return next(iter(contenders))
+    first = {name: t[0] for name, t in _timing.samples(contenders, 1, warmup=0).items()}
     quickest = min(first.values())
-    contenders = {n: r for n, r in runners.items() if first[n] < CLEAR_MARGIN * quickest}
+    contenders = {n: r for n, r in contenders.items() if first[n] < CLEAR_MARGIN * quickest}
     if len(contenders) == 1:
         return next(iter(contenders))
     each = sum(first[name] for name in contenders)

@@ -129,11 +129,15 @@ def test_quick_correlations_are_timed_more_often():
 
 
 def test_fastest_stops_at_a_clear_first_round_and_keeps_the_first_within_the_margin():
-    # A slow untimed round (a fresh executable's first call) decides nothing.
-    runners, calls = _runners({"auto": [50.0, 1.0], "xla": [1.0, 3.5]})
+    # A slow untimed round (a fresh executable's first call) decides nothing
+    # below COLD_SECONDS ...
+    runners, calls = _runners({"auto": [0.04, 1e-3], "xla": [1e-3, 3.5e-3]})
     assert _measured.fastest(runners) == "auto" and len(calls) == 4
-    runners, calls = _runners({"auto": [1.0, 3.5], "xla": [50.0, 1.0]})
+    runners, calls = _runners({"auto": [1e-3, 3.5e-3], "xla": [0.04, 1e-3]})
     assert _measured.fastest(runners) == "xla" and len(calls) == 4
+    # ... past it, a candidate 3 times slower is out without running again.
+    runners, calls = _runners({"auto": [0.01], "xla": [3.3]})
+    assert _measured.fastest(runners) == "auto" and calls == ["auto", "xla"]
     # 3 % faster is within the margin: the first keeps its place.
     runners, _ = _runners({"auto": [1.0] * 7, "xla": [0.97] * 7})
     assert _measured.fastest(runners) == "auto"
