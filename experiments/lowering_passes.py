@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 
 import jax
 
@@ -54,7 +53,7 @@ def _torch_passes(shape):
     x = torch.randn(c.batch, c.c_in, *c.spatial)
     w = torch.randn(c.c_out, c.c_in // c.groups, *c.window)
     calls = torch_calls(c, x, w, None)
-    return {p: {f: _torch_timer(torch, call) for f, call in by.items()} for p, by in calls.items()}
+    return {p: {f: _bench._timer(call) for f, call in by.items()} for p, by in calls.items()}
 
 
 def torch_calls(c, x, w, dz):
@@ -97,16 +96,6 @@ def torch_calls(c, x, w, dz):
             assert got == want, (c, p, name, got, want)
             calls[p][name] = call
     return calls
-
-
-def _torch_timer(torch, call):
-    def run():
-        with torch.no_grad():
-            t0 = time.perf_counter()
-            call()
-            return time.perf_counter() - t0
-
-    return run
 
 
 def main(argv=None):

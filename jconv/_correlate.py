@@ -191,8 +191,7 @@ def _taps_pays_on_cpu(lhs_shape, rhs_shape, corr: Correlation, itemsize: int) ->
     mode = _taps.choose_mode(lhs_shape, rhs_shape, corr)
     if grouped or (one_feature and mode != "positions"):
         return True
-    unpadded = _slicing.padded_shape(lhs_shape, corr) == tuple(lhs_shape)  # nor dilated
-    if _taps.strided_tap(window, corr) and unpadded and itemsize == 4:
+    if _taps.sliced_tap(lhs_shape, window, corr) and itemsize == 4:
         return True
     if math.prod(window) == 1 and all(s == 1 for s in corr.window_strides):
         # One matmul: ours wins when it narrows the features (a 1x1 input gradient)

@@ -133,14 +133,10 @@ def fastest(runners: dict[str, Callable[[], float]]) -> str:
     :data:`TIME_BUDGET`), all in turns. The first runner (``"auto"``) keeps
     its place unless another's median is :data:`MARGIN` smaller.
     """
-    cold = {name: t[0] for name, t in _timing.samples(runners, 1, warmup=0).items()}
-    bound = max(CLEAR_MARGIN * min(cold.values()), COLD_SECONDS)
-    contenders = {n: r for n, r in runners.items() if cold[n] < bound}
+    contenders, _ = _clearly_slower_out(runners, COLD_SECONDS)  # the untimed round
     if len(contenders) == 1:
         return next(iter(contenders))
-    first = {name: t[0] for name, t in _timing.samples(contenders, 1, warmup=0).items()}
-    quickest = min(first.values())
-    contenders = {n: r for n, r in contenders.items() if first[n] < CLEAR_MARGIN * quickest}
+    contenders, first = _clearly_slower_out(contenders, 0.0)
     if len(contenders) == 1:
         return next(iter(contenders))
     each = sum(first[name] for name in contenders)
@@ -152,6 +148,14 @@ def fastest(runners: dict[str, Callable[[], float]]) -> str:
     if default in medians and medians[best] > (1 - MARGIN) * medians[default]:
         return default
     return best
+
+
+def _clearly_slower_out(runners, floor: float):
+    """One round in turns: the runners that took under :data:`CLEAR_MARGIN` times
+    the quickest (or under ``floor`` seconds), and the round's seconds."""
+    seconds = {name: t[0] for name, t in _timing.samples(runners, 1, warmup=0).items()}
+    bound = max(CLEAR_MARGIN * min(seconds.values()), floor)
+    return {n: r for n, r in runners.items() if seconds[n] < bound}, seconds
 
 
 def _random(spec, seed: int):

@@ -144,11 +144,10 @@ def _copied_batch(lhs, corr: Correlation, itemsize: int, window, outs) -> int:
     interleaved runs, 2-vCPU Xeon, session 15).
     """
     batch = lhs.shape[corr.lhs_axes[0]]
-    shape = padded_shape(lhs.shape, corr)
-    if shape != lhs.shape:
-        whole, part = PAD_BYTES, PAD_CHUNK_BYTES
-    elif strided_tap(window, corr):
+    if sliced_tap(lhs.shape, window, corr):
         shape, whole, part = resized(lhs.shape, corr.lhs_axes[2:], outs), SLICE_BYTES, SLICE_BYTES
+    elif (shape := padded_shape(lhs.shape, corr)) != lhs.shape:
+        whole, part = PAD_BYTES, PAD_CHUNK_BYTES
     else:
         return batch  # no copy at all
     copied = math.prod(shape) * itemsize
@@ -157,9 +156,11 @@ def _copied_batch(lhs, corr: Correlation, itemsize: int, window, outs) -> int:
     return max(1, part // (copied // batch))
 
 
-def strided_tap(window, corr: Correlation) -> bool:
-    """Whether the correlation is one tap read at a window stride > 1."""
-    return math.prod(window) == 1 and any(s > 1 for s in corr.window_strides)
+def sliced_tap(lhs_shape, window, corr: Correlation) -> bool:
+    """Whether the correlation is one tap read at a window stride > 1 from an
+    unpadded, undilated lhs: its strided slice is the one copy it makes."""
+    strided = math.prod(window) == 1 and any(s > 1 for s in corr.window_strides)
+    return strided and padded_shape(lhs_shape, corr) == tuple(lhs_shape)
 
 
 def _materialised(out):
