@@ -911,3 +911,26 @@ def test_lowering_passes_torch_calls_compute_the_three_passes(config):
         )
         for call in by_format.values():
             helpers.assert_close(call().numpy(), want[name], err_msg=f"{config} {name}")
+
+
+@pytest.mark.parametrize("layout", ["NN", "NT", "TN"])
+def test_xla_ceilings_products_are_each_pass_matmul(layout):
+    # experiments/xla_ceilings.py's floors are only floors if each pass's
+    # product does that pass's FLOPs and is the matmul it says, in every layout.
+    ceilings = _experiment("xla_ceilings")
+    for shape in _bench.SUITE:
+        config = shape.config
+        kernel = jax.ShapeDtypeStruct(config.kernel_shape, jnp.float32)
+        x = jax.ShapeDtypeStruct(config.x_shape, jnp.float32)
+        z = jax.eval_shape(
+            lambda k, x, c=config: jconv.conv_forward({"kernel": k}, x, **c.kwargs), kernel, x
+        )
+        dims, groups = ceilings.pass_dims(shape, z.shape)
+        for name, (m, k, n) in dims.items():
+            assert 2 * m * k * n * groups == shape.forward_flops(z.shape), (shape.name, name)
+    product, (lhs, rhs) = ceilings._product(3, 4, 5, 2, layout, np.random.default_rng(0))
+    lhs_t, rhs_t = ceilings.LAYOUTS[layout]
+    a = np.swapaxes(np.asarray(lhs), 1, 2) if lhs_t else np.asarray(lhs)
+    b = np.swapaxes(np.asarray(rhs), 1, 2) if rhs_t else np.asarray(rhs)
+    assert a.shape == (2, 3, 4) and b.shape == (2, 4, 5)
+    helpers.assert_close(product(lhs, rhs), a @ b)
