@@ -913,24 +913,77 @@ def test_lowering_passes_torch_calls_compute_the_three_passes(config):
             helpers.assert_close(call().numpy(), want[name], err_msg=f"{config} {name}")
 
 
-@pytest.mark.parametrize("layout", ["NN", "NT", "TN"])
-def test_xla_ceilings_products_are_each_pass_matmul(layout):
-    # experiments/xla_ceilings.py's floors are only floors if each pass's
-    # product does that pass's FLOPs and is the matmul it says, in every layout.
+@pytest.mark.parametrize(
+    "config",
+    [
+        Config(2, (9, 8), (3, 3), 4, 6, stride=2, padding="SAME"),
+        Config(2, (7, 6), (3, 2), 4, 6, dilation=(2, 1), padding=(1, 2), groups=2),
+        Config(2, (8, 7), (3, 3), 3, 4, padding="SAME", layout="channels_first"),
+        Config(3, (17,), (3,), 3, 5, dilation=4, padding="SAME"),
+        Config(2, (6, 6), (5, 5), 1, 3, padding="VALID"),
+    ],
+    ids=str,
+)
+def test_xla_ceilings_pass_dims_are_the_passes_im2col_matmuls(config):
+    # experiments/xla_ceilings.py's floors time each pass as the matmul that
+    # pass_dims names: check those are the passes (per group, x's patches
+    # times the kernel; dz times the kernel's transpose, then the patches'
+    # col2im; the patches contracted with dz), and that in_bounds_flops counts
+    # the products on x's non-padding entries.
     ceilings = _experiment("xla_ceilings")
-    for shape in _bench.SUITE:
-        config = shape.config
-        kernel = jax.ShapeDtypeStruct(config.kernel_shape, jnp.float32)
-        x = jax.ShapeDtypeStruct(config.x_shape, jnp.float32)
-        z = jax.eval_shape(
-            lambda k, x, c=config: jconv.conv_forward({"kernel": k}, x, **c.kwargs), kernel, x
-        )
-        dims, groups = ceilings.pass_dims(shape, z.shape)
-        for name, (m, k, n) in dims.items():
-            assert 2 * m * k * n * groups == shape.forward_flops(z.shape), (shape.name, name)
-    product, (lhs, rhs) = ceilings._product(3, 4, 5, 2, layout, np.random.default_rng(0))
+    params, x, ct = config.arrays()
+    kernel = params["kernel"]
+    geo = jconv._geometry.geometry(
+        x.shape, kernel.shape, config.stride, config.padding, config.dilation,
+        config.groups, config.layout, None, "test",
+    )  # fmt: skip
+    nd, g = len(config.spatial), config.groups
+    last = config.layout == "channels_last"
+    spec = ("N" + "DHW"[3 - nd :] + "C") if last else ("NC" + "DHW"[3 - nd :])
+    kspec = ("DHW"[3 - nd :] + "IO") if last else ("OI" + "DHW"[3 - nd :])
+    numbers = (spec, kspec, spec)
+
+    def patches(x):  # (P, groups, A): features C-major, then the window
+        cols = jax.lax.conv_general_dilated_patches(
+            x, config.window, geo.spec.stride, geo.padding,
+            rhs_dilation=geo.spec.dilation, dimension_numbers=numbers,
+        )  # fmt: skip
+        cols = cols if last else jnp.moveaxis(cols, 1, -1)
+        return cols.reshape(-1, g, cols.shape[-1] // g)
+
+    def per_group(a):  # activations (N, *spatial, C) or (N, C, *spatial) -> (P, groups, C / g)
+        a = a if last else jnp.moveaxis(a, 1, -1)
+        return a.reshape(-1, g, a.shape[-1] // g)
+
+    cin_first = kernel if not last else jnp.moveaxis(kernel, (nd, nd + 1), (0, 1))
+    # (C_in/g, C_out, *window) -> weights (A, groups, B), A = (C_in/g, *window) C-major
+    w = jnp.moveaxis(cin_first if last else jnp.swapaxes(kernel, 0, 1), 1, -1)
+    w = w.reshape(-1, g, config.c_out // g)
+    cols, vjp = jax.vjp(patches, x)
+    dz = per_group(ct)
+    z = per_group(jconv.conv_forward({"kernel": kernel}, x, **config.kwargs))
+    helpers.assert_close(jnp.einsum("pga,agb->pgb", cols, w), z)
+    (dx,) = vjp(jnp.einsum("pgb,agb->pga", dz, w))
+    helpers.assert_close(dx, jconv.conv_grad_input(ct, kernel, x.shape, **config.kwargs))
+    dk = jconv.conv_grad_kernel(x, ct, kernel.shape, **config.kwargs)
+    dk_first = jnp.moveaxis(dk, (nd, nd + 1), (0, 1)) if last else jnp.swapaxes(dk, 0, 1)
+    want_dk = jnp.moveaxis(dk_first, 1, -1).reshape(-1, g, config.c_out // g)
+    helpers.assert_close(jnp.einsum("pga,pgb->agb", cols, dz), want_dk)
+
+    dims, groups = ceilings.pass_dims(config, ct.shape)
+    p, a, b = cols.shape[0], cols.shape[2], dz.shape[2]
+    assert groups == g
+    assert dims == {"fwd": (p, a, b), "dx": (p, b, a), "dk": (a, p, b)}
+    ones = patches(jnp.ones_like(x))  # 1 where a product reads x, 0 in the padding
+    assert ceilings.in_bounds_flops(config) == 3 * 2 * b * int(jnp.sum(ones))
+
+
+@pytest.mark.parametrize("layout", ["NN", "NT", "TN"])
+def test_xla_ceilings_product_is_its_matmul_in_every_layout(layout):
+    ceilings = _experiment("xla_ceilings")
+    fn, (lhs, rhs) = ceilings.product(3, 4, 5, 2, layout, np.random.default_rng(0))
     lhs_t, rhs_t = ceilings.LAYOUTS[layout]
     a = np.swapaxes(np.asarray(lhs), 1, 2) if lhs_t else np.asarray(lhs)
     b = np.swapaxes(np.asarray(rhs), 1, 2) if rhs_t else np.asarray(rhs)
     assert a.shape == (2, 3, 4) and b.shape == (2, 4, 5)
-    helpers.assert_close(product(lhs, rhs), a @ b)
+    helpers.assert_close(fn(lhs, rhs), a @ b)
