@@ -38,12 +38,13 @@ The floors:
   one-tap step pays XLA's strided slice and its scatter-shaped gradient, and
   need not be faster than a good 3x3 lowering.
 
-Each row is timed in two phases, contenders in turns as ``jconv bench`` takes
-them: first every product in every layout beside a square matmul (the rates);
-then jconv's step and the floor's program in turns, with torch's step in
-blocks, so that the floor, jconv and torch are compared under the same
-conditions. (A square matmul among the second phase's turns evicts the small
-steps' operands from cache between their runs, and slowed dw-28's by a third.)
+A dense row is timed in two phases, contenders in turns as ``jconv bench``
+takes them: first every product in every layout beside a square matmul (the
+rates); then jconv's step and the floor's program in turns, with torch's step
+in blocks, so that the floor, jconv and torch are compared under the same
+conditions. A depthwise row has the second phase only. (A square matmul among
+the second phase's turns evicted the small steps' operands from cache between
+their runs: dw-28's step 4.9 ms instead of 3.4-3.8, in an unrecorded run.)
 
     python experiments/xla_ceilings.py [--shapes a,b] [--repeats 11] [--no-torch]
         [--out results/ceilings/...json]
