@@ -130,12 +130,6 @@ def product(m, k, n, groups, layout, rng):
     return fn, (jnp.asarray(lhs), jnp.asarray(rhs))
 
 
-def _square(n: int):
-    """A runner of one ``n``-cube float32 matmul, and its FLOPs."""
-    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
-    return _bench._timer(jax.jit(lambda a, b: a @ b), a, a), 2.0 * n**3
-
-
 def measure_row(shape, repeats: int, torch: bool, square_n: int) -> dict:
     """One suite shape's row: jconv's and torch's steps, the floors' programs (module docstring).
 
@@ -149,9 +143,9 @@ def measure_row(shape, repeats: int, torch: bool, square_n: int) -> dict:
     row = {"shape": shape.name, "groups": groups, "dims": dims, "rates": []}
     depthwise = 1 < config.groups == config.c_in
     if depthwise:
-        floor = _streaming_step(config)
+        floor = _streaming_step(shape)
     else:
-        square, square_flops = _square(square_n)
+        square, square_flops = _bench.square_matmul(square_n)
         rng = np.random.default_rng(0)
         products = {
             (p, lay): product(*dims[p], groups, lay, rng) for p in PASSES for lay in LAYOUTS
@@ -197,8 +191,9 @@ def with_peak_floors(rows: list[dict], square_rate: float) -> float:
     return peak
 
 
-def _streaming_step(config):
+def _streaming_step(shape):
     """A runner of the layer's step with a one-entry window, as a product (module docstring)."""
+    config = shape.config
     if config.layout != "channels_last" or config.c_out != config.c_in:
         raise ValueError(f"streaming floor: channels_last depthwise layers only, got {config}")
     _, x, _ = config.arrays()
@@ -211,10 +206,11 @@ def _streaming_step(config):
     taken = (slice(None), *(slice(None, None, s) for s in strides), slice(None))
     ct = jnp.ones_like(x[taken])
 
-    def loss(p, x, ct):
-        return jnp.sum((x[taken] * p["kernel"] + p["bias"]) * ct)
+    def forward(p, x, **_):  # (the layer's keyword arguments: the window is one entry)
+        return x[taken] * p["kernel"] + p["bias"]
 
-    return _bench._timer(jax.jit(jax.value_and_grad(loss, argnums=(0, 1))), params, x, ct)
+    grad = jax.jit(_bench._grad_fn(forward, shape))
+    return _bench._timer(grad, params, x, ct)
 
 
 def line(row, peak: float) -> str:

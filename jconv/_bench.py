@@ -93,12 +93,16 @@ def _in_blocks(families: list[dict[str, Any]], repeats: int, blocks: int) -> dic
     return {k: statistics.median(v) for k, v in pooled.items()}
 
 
+def square_matmul(n: int = 2048):
+    """A runner of one jitted ``n``-cube float32 matmul (:func:`_timer`), and its FLOPs."""
+    a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
+    return _timer(jax.jit(lambda a, b: a @ b), a, a), 2.0 * n**3
+
+
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
     """The machine's float32 matmul throughput, measured here."""
-    a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
-    f = jax.jit(lambda a, b: a @ b)
-    t = _interleaved({"mm": _timer(f, a, a)}, repeats)["mm"]
-    return 2.0 * n**3 / t / 1e9
+    run, flops = square_matmul(n)
+    return flops / _interleaved({"mm": run}, repeats)["mm"] / 1e9
 
 
 def _compile(fn, *args):
